@@ -25,6 +25,8 @@ class BusProbe:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._latest: dict[str, bytes] = {}
         self._changed = asyncio.Condition()
+        self._callbacks: dict[str, list[Callable[[str, bytes], None]]] = {}
+        self._watched: set[str] = set()
         self.bus: BusClient | None = None
 
     async def __aenter__(self) -> BusProbe:
@@ -71,13 +73,23 @@ class BusProbe:
         return reply.get("result")
 
     def watch(self, topic_filter: str, callback: Callable[[str, bytes], None] | None = None) -> None:
-        """Keep the latest payload of every topic matching ``topic_filter`` (see ``wait_for``)."""
+        """Keep the latest payload of every topic matching ``topic_filter`` (see ``wait_for``).
+
+        ``callback(topic, payload)``, if given, also sees every message; watching the same filter
+        again adds callbacks and never drops earlier ones.
+        """
         assert self.bus is not None
+        callbacks = self._callbacks.setdefault(topic_filter, [])
+        if callback is not None:
+            callbacks.append(callback)
+        if topic_filter in self._watched:
+            return
+        self._watched.add(topic_filter)
 
         def deliver(topic: str, payload: bytes) -> None:
             self._latest[topic] = payload
-            if callback is not None:
-                callback(topic, payload)
+            for each in callbacks:
+                each(topic, payload)
             asyncio.get_running_loop().create_task(self._notify())
 
         self.bus.subscribe(topic_filter, deliver, qos=1)

@@ -56,9 +56,15 @@ async def supervise_in_process(station: StationConfig, module_id: str, registry:
         raise LookupError(f"module {instance.module!r} not found")
     backoff = Backoff()
     while True:
-        module_class = load_module_class(info)
-        runtime = ModuleRuntime(station, module_id, info, module_class)
         backoff.started()
+        try:
+            runtime = ModuleRuntime(station, module_id, info, load_module_class(info))
+        except Exception as exc:
+            delay = backoff.next_delay()
+            log.error("module cannot be loaded", module_id=module_id, error=f"{type(exc).__name__}: {exc}",
+                      restart_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
         try:
             await runtime.run()
         except asyncio.CancelledError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -203,5 +205,88 @@ def test_crash_restarts_only_that_module(broker: Broker, tmp_path: Path) -> None
             await probe.wait_for("cp/counter/state", lambda p: p == b"ready", 10)
             assert b"failed" in states and states[-1] == b"ready"
             assert await probe.call("client", "main", "add_via_counter", {"a": 3}) == 3
+
+    run(scenario())
+
+
+def test_event_published_during_init_reaches_module_that_subscribes_later(broker: Broker, tmp_path: Path) -> None:
+    # The client is listed first but the counter may finish init before the client subscribes:
+    # non-retained events are held until the station is ready, so none is missed.
+    modules = """\
+  client:
+    module: example_client
+    connections:
+      counter: [counter.main]
+  counter:
+    module: example_counter
+    config: {announce: true}
+"""
+    path = write_wiring(tmp_path, broker.port, modules)
+
+    async def scenario() -> None:
+        async with running_station(path), BusProbe(broker.host, broker.port) as probe:
+            for _ in range(50):
+                if await probe.call("client", "main", "seen_added"):
+                    break
+                await asyncio.sleep(0.1)
+            assert await probe.call("client", "main", "seen_added") == [{"a": 0, "b": 0}]
+
+    run(scenario())
+
+
+def test_module_failing_in_init_is_retried_with_backoff_while_others_serve(broker: Broker, tmp_path: Path) -> None:
+    modules = """\
+  broken:
+    module: example_counter
+    config: {fail_init: true}
+  counter:
+    module: example_counter
+"""
+    path = write_wiring(tmp_path, broker.port, modules)
+
+    async def scenario() -> None:
+        from chargepoint.config import load_station_config
+        from chargepoint.manager import Manager
+
+        manager = Manager(load_station_config(path))
+        task = asyncio.create_task(manager.run(install_signal_handlers=False))
+        try:
+            async with BusProbe(broker.host, broker.port) as probe:
+                failures: list[bytes] = []
+                probe.watch("cp/broken/state", lambda _t, p: failures.append(p))
+                await probe.wait_state("counter", "ready")
+                assert await probe.call("counter", "main", "add", {"a": 1}) == 1
+                await asyncio.sleep(2.0)
+                # Back-off 0.5 s, 1 s, ...: two or three attempts in two seconds, not dozens.
+                assert 2 <= failures.count(b"failed") <= 4, failures
+                assert not manager.station_ready
+                with pytest.raises(CmdError) as not_ready:
+                    await probe.call("broken", "main", "add", {"a": 1})
+                assert not_ready.value.code in ("not_ready", "timeout")
+        finally:
+            manager.stop_requested.set()
+            await asyncio.wait_for(task, 15)
+
+    run(scenario())
+
+
+def test_killed_standalone_module_goes_offline_and_is_restarted(broker: Broker, tmp_path: Path) -> None:
+    modules = COUNTER_AND_CLIENT.replace("    module: example_counter\n",
+                                         "    module: example_counter\n    standalone: true\n")
+    path = write_wiring(tmp_path, broker.port, modules)
+
+    async def scenario() -> None:
+        async with running_station(path, ready_timeout=20) as manager, \
+                BusProbe(broker.host, broker.port) as probe:
+            states: list[bytes] = []
+            probe.watch("cp/counter/state", lambda _t, p: states.append(p))
+            await probe.wait_state("counter", "ready")
+            first_pid = manager._children["counter"].pid
+            os.kill(first_pid, signal.SIGKILL)
+            await probe.wait_for("cp/counter/state", lambda p: p in (b"offline", b"failed"), 10)
+            await probe.wait_for("cp/counter/state", lambda p: p == b"ready", 15)
+            assert b"offline" in states
+            assert manager._children["counter"].pid != first_pid
+            assert await probe.call("client", "main", "add_via_counter", {"a": 5}) == 5
 
     run(scenario())

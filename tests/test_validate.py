@@ -121,8 +121,11 @@ def test_valid_file_loads_with_defaults() -> None:
     assert station.path == (WIRING / "valid.yaml").resolve()
     modules = station.modules
     assert list(modules) == ["counter_1", "counter_2", "client_1", "client_2", "fan"]
-    assert modules["counter_1"].config == {"start": 5, "limit": 1000, "labels": {"unit": "kWh", "precision": 0}}
-    assert modules["counter_2"].config == {"start": 0, "limit": 1000, "labels": {"unit": "count", "precision": 0}}
+    defaults = {"fail_init": False, "announce": False}
+    assert modules["counter_1"].config == {"start": 5, "limit": 1000, "labels": {"unit": "kWh", "precision": 0},
+                                           **defaults}
+    assert modules["counter_2"].config == {"start": 0, "limit": 1000, "labels": {"unit": "count", "precision": 0},
+                                           **defaults}
     assert modules["fan"].config == {"port": "/dev/ttyUSB0", "options": {"retries": 5, "backoff": {"max_s": 10}}}
     assert modules["client_1"].connections == {"counter": [Connection("counter_1", "main")]}
     assert modules["client_2"].connections == {"counter": [Connection("counter_2", "main")]}

@@ -12,6 +12,8 @@ class Client(Module):
         self.ready_seen = False
         counter = self.requires["counter"]
         counter.subscribe("total", self.totals.append)
+        self.added: list[dict[str, int]] = []
+        counter.subscribe("added", self.added.append)
         counter.on_error(lambda kind, error: self.errors.append({"type": kind, **error}))
         main = self.provides["main"]
         main.serve("add_via_counter", self.add_via_counter)
@@ -19,6 +21,7 @@ class Client(Module):
         main.serve("seen_errors", lambda: self.errors)
         main.serve("ready_called", lambda: self.ready_seen)
         main.serve("call_counter", self.call_counter)
+        main.serve("seen_added", lambda: self.added)
 
     async def ready(self) -> None:
         self.ready_seen = True

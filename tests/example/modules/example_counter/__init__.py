@@ -9,6 +9,8 @@ from chargepoint import Module
 
 class Counter(Module):
     async def init(self) -> None:
+        if self.config["fail_init"]:
+            raise RuntimeError("configured to fail in init")
         self.total: int = self.config["start"]
         self.crash_requested = asyncio.Event()
         main = self.provides["main"]
@@ -21,6 +23,8 @@ class Counter(Module):
         main.publish("total", self.total)
         main.publish("started_at", datetime.now(UTC).isoformat())
         self.spawn(self.watch_for_crash())
+        if self.config["announce"]:
+            main.publish("added", {"a": 0, "b": 0})
 
     async def add(self, a: int, b: int) -> int:
         self.total += a + b
