@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from chargepoint.broker.launch import free_port, start_mosquitto_subprocess, stop_process  # noqa: E402
+from chargepoint.broker.launch import find_mosquitto, free_port, start_mosquitto_subprocess, stop_process  # noqa: E402
 from chargepoint.bus import BusClient  # noqa: E402
 from chargepoint.busprobe import BusProbe  # noqa: E402
 
@@ -147,7 +147,7 @@ def report(name: str, samples: list[float], baseline: list[float] | None = None)
 
 async def main(calls: int) -> None:
     port = free_port()
-    if shutil.which("mosquitto"):
+    if find_mosquitto():
         broker = start_mosquitto_subprocess(port)
         kind = "mosquitto"
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from chargepoint.broker.launch import free_port, start_mosquitto_subprocess, stop_process
+from chargepoint.broker.launch import find_mosquitto, free_port, start_mosquitto_subprocess, stop_process
 
 TESTS = Path(__file__).parent
 EXAMPLE = TESTS / "example"
@@ -25,7 +24,7 @@ class Broker:
     def __init__(self) -> None:
         self.host = "127.0.0.1"
         self.port = free_port()
-        self.kind = "mosquitto" if shutil.which("mosquitto") else "embedded"
+        self.kind = "mosquitto" if find_mosquitto() else "embedded"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -32,6 +32,7 @@ START_TIMEOUT = 3.0
 STOP_TIMEOUT = 3.0
 
 # Last lines mosquitto wrote to stderr, per process, for error messages.
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 _STDERR_TAILS: weakref.WeakKeyDictionary[subprocess.Popen[bytes], collections.deque[str]] = (
     weakref.WeakKeyDictionary()
 )
@@ -101,6 +102,11 @@ def mosquitto_output(proc: subprocess.Popen[bytes]) -> str:
     return " | ".join(_STDERR_TAILS.get(proc, ()))
 
 
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, or in the sbin folders Debian installs it to (not on users' PATH)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path=os.pathsep.join(SBIN_DIRS))
+
+
 def start_mosquitto_subprocess(port: int, *, wait: float | None = START_TIMEOUT,
                                executable: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``mosquitto`` listening on 127.0.0.1:`port` with a temporary config.
@@ -108,7 +114,7 @@ def start_mosquitto_subprocess(port: int, *, wait: float | None = START_TIMEOUT,
     With `wait` (seconds), block until the port answers; raise BrokerStartError if mosquitto exits
     or does not listen in time. Stop it with stop_process().
     """
-    exe = executable or shutil.which("mosquitto")
+    exe = executable or find_mosquitto()
     if exe is None:
         raise BrokerStartError("mosquitto is not installed (not found on PATH)")
     _check_port_free(port)
@@ -117,8 +123,9 @@ def start_mosquitto_subprocess(port: int, *, wait: float | None = START_TIMEOUT,
     with open(conf, "w", encoding="utf-8") as fh:
         fh.write(_mosquitto_config(port))
     try:
-        proc = subprocess.Popen([exe, "-c", conf], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own session: Ctrl-C in the terminal stops the station, which then stops its broker last.
+        proc = subprocess.Popen([exe, "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise BrokerStartError(f"cannot run {exe}: {exc}") from exc
@@ -218,7 +225,7 @@ async def ensure_broker(host: str, port: int, mode: BrokerMode | str) -> BrokerH
         log.warning("no broker answers on %s:%d and it is not a loopback address; not starting one",
                     host, port)
         return BrokerHandle("external", host, port)
-    exe = shutil.which("mosquitto")
+    exe = find_mosquitto()
     if exe is not None:
         listen = port or free_port()
         proc = start_mosquitto_subprocess(listen, wait=None, executable=exe)
