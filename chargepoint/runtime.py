@@ -7,7 +7,6 @@ import inspect
 import json
 import os
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +24,13 @@ from chargepoint.module import (
     RequiredList,
     VarCallback,
 )
+from chargepoint.timestamps import utc_now
 
 if TYPE_CHECKING:
     from chargepoint.config import StationConfig
     from chargepoint.registry import ModuleInfo
 
 SHUTDOWN_TIMEOUT_S = 3.0
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ModuleCrashed(Exception):

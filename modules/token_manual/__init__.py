@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from chargepoint import Module
+from chargepoint.timestamps import utc_now
 
 
 class TokenManual(Module):
@@ -15,7 +15,7 @@ class TokenManual(Module):
     def present_token(self, id_token: str, token_type: str, connectors: list[int] | None) -> dict[str, Any]:
         if self.config["uppercase"]:
             id_token = id_token.upper()
-        timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        timestamp = utc_now()
         token: dict[str, Any] = {"id_token": id_token, "token_type": token_type,
                                  "source": self.config["source"], "timestamp": timestamp}
         if connectors is not None:
