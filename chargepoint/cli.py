@@ -108,7 +108,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     station = _load_station(path, args)
     if station is None:
         return EXIT_INVALID_CONFIG
-    asyncio.run(Manager(station, child_overrides=[*_overrides(args), "--broker", "external"]).run())
+    manager = Manager(station, child_overrides=[*_overrides(args), "--broker", "external"])
+    asyncio.run(manager.run())
+    if manager.restart_requested is not None:
+        log.info("station restarting", reason=manager.restart_requested)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "chargepoint", *sys.argv[1:]])
     return 0
 
 

@@ -7,6 +7,7 @@ In-process modules run as asyncio tasks; ``standalone: true`` modules run as chi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -96,6 +97,7 @@ class Manager:
         self.states: dict[str, str] = {}
         self.station_ready = False
         self.stop_requested = asyncio.Event()
+        self.restart_requested: str | None = None
         self.ready_event = asyncio.Event()
         self.started_at = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,6 +119,7 @@ class Manager:
                               will=Will(self._topic("ready"), b"false"), log=log)
         self._bus.publish(self._topic("ready"), b"false", retain=True, qos=1)
         self._bus.subscribe(self._topic("+", "state"), self._on_state, qos=1)
+        self._bus.subscribe(self._topic("manager", "restart"), self._on_restart_request, qos=1)
         await self._bus.start()
         await self._bus.wait_connected()
         for module_id in self.station.modules:
@@ -156,6 +159,17 @@ class Manager:
             self._publish_ready(False)
             waiting = sorted(m for m, s in self.states.items() if s != "ready")
             log.warning("station not ready", waiting_for=",".join(waiting))
+
+    def _on_restart_request(self, topic: str, payload: bytes) -> None:
+        try:
+            request = json.loads(payload)
+            reason = str(request.get("reason", "unspecified"))
+        except (ValueError, AttributeError):
+            log.warning("malformed restart request ignored", topic=topic)
+            return
+        log.info("station restart requested", reason=reason, by=request.get("module_id"))
+        self.restart_requested = reason
+        self.stop_requested.set()
 
     def _publish_ready(self, ready: bool) -> None:
         if self._bus is not None:

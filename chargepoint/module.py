@@ -135,6 +135,10 @@ class Module:
         """Run ``coro`` in the background; if it raises, the module is restarted."""
         return self._runtime.spawn(coro, name)
 
+    def request_station_restart(self, reason: str) -> None:
+        """Soft reset: the manager stops every module cleanly and starts the whole station again."""
+        self._runtime.request_station_restart(reason)
+
     async def init(self) -> None:
         """Register handlers and subscriptions; the module reports ready when this returns."""
 

@@ -127,6 +127,12 @@ class ModuleRuntime:
             self._publish_state(state)
             await self.bus.stop()
 
+    def request_station_restart(self, reason: str) -> None:
+        """Ask the manager to stop every module and start the station again (a soft reset)."""
+        body = {"reason": reason, "module_id": self.module_id, "timestamp": utc_now()}
+        if self.bus is not None:
+            self.bus.publish(self._topic("manager", "restart"), json.dumps(body).encode(), qos=1)
+
     def spawn(self, coro: Coroutine[Any, Any, Any] | Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         if name:

@@ -165,3 +165,27 @@ def test_sil_config_is_valid_and_starts(tmp_path: Path) -> None:
     finally:
         code, _, log = stop_station(process)
     assert code == 0, log
+
+
+def test_restart_request_restarts_the_station_in_place(broker: Broker, tmp_path: Path) -> None:
+    path = write_wiring(tmp_path, broker.port, COUNTER_AND_CLIENT)
+    process = start_station(path)
+
+    async def scenario() -> None:
+        async with BusProbe(broker.host, broker.port) as probe:
+            await probe.wait_station_ready(20)
+            probe.watch("cp/counter/main/var/started_at")
+            first = await probe.wait_for("cp/counter/main/var/started_at", lambda p: True)
+            assert probe.bus is not None
+            probe.bus.publish("cp/manager/restart", b'{"reason": "soft reset", "module_id": "test"}', qos=1)
+            await probe.wait_for("cp/ready", lambda p: p == b"false", 10)
+            await probe.wait_for("cp/counter/main/var/started_at", lambda p: p != first, 20)
+            await probe.wait_for("cp/ready", lambda p: p == b"true", 20)
+            assert process.poll() is None, "the station process exited instead of restarting"
+
+    try:
+        run(scenario())
+    finally:
+        code, _, log = stop_station(process)
+    assert "station restart requested" in log and "reason=\"soft reset\"" in log
+    assert code == 0
