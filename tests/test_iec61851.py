@@ -10,6 +10,7 @@ def test_known_points() -> None:
     assert duty_cycle_for_current(6) == 10.0
     assert duty_cycle_for_current(16) == 26.67
     assert duty_cycle_for_current(32) == 53.33
+    assert duty_cycle_for_current(52) == 85.0
     assert duty_cycle_for_current(80) == 96.0
     assert duty_cycle_for_current(5.9) == 0.0
     assert current_for_duty_cycle(5.0) == 0.0
