@@ -290,3 +290,18 @@ def test_killed_standalone_module_goes_offline_and_is_restarted(broker: Broker, 
             assert await probe.call("client", "main", "add_via_counter", {"a": 5}) == 5
 
     run(scenario())
+
+
+def test_validation_can_be_switched_off_and_defaults_still_apply(broker: Broker, tmp_path: Path) -> None:
+    path = write_wiring(tmp_path, broker.port, COUNTER_AND_CLIENT)
+    path.write_text(path.read_text().replace("settings:\n", "settings:\n  validate_payloads: false\n"))
+
+    async def scenario() -> None:
+        async with running_station(path), BusProbe(broker.host, broker.port) as probe:
+            assert await probe.call("counter", "main", "add", {"a": 2}) == 2
+            with pytest.raises(CmdError) as unchecked:
+                await probe.call("counter", "main", "add", {"a": "two"})
+            # Not rejected as invalid_args: without validation the handler itself fails.
+            assert unchecked.value.code == "handler_error"
+
+    run(scenario())
