@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chargepoint import __version__
 from chargepoint.logs import EventLogger, setup_logging
+from chargepoint.simcli import add_sim_parser, run_sim
 
 EXIT_INVALID_CONFIG = 2
 DEFAULT_CONFIG_ENV = "CHARGEPOINT_CONFIG"
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     interfaces.add_argument("--markdown", action="store_true", help="print the generated reference")
 
     sub.add_parser("version", help="print the version")
+    add_sim_parser(sub)
     return parser
 
 
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 "interfaces": cmd_interfaces}
     if args.command == "module":
         return cmd_module_run(args)
+    if args.command == "sim":
+        return run_sim(args)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
