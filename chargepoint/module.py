@@ -131,6 +131,11 @@ class Module:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    @property
+    def config_dir(self) -> Path:
+        """The folder of the wiring file: relative paths in a module's config are relative to it."""
+        return self._runtime.station.path.parent
+
     def spawn(self, coro: Coroutine[Any, Any, Any] | Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; if it raises, the module is restarted."""
         return self._runtime.spawn(coro, name)
