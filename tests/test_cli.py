@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from helpers import COUNTER_AND_CLIENT, EXAMPLE, ROOT, Broker, chargepoint_cmd, run, subprocess_env, write_wiring
 
 from chargepoint.broker.launch import free_port
@@ -148,9 +149,10 @@ def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> 
     assert received[0].startswith("READY=1")
 
 
-def test_sil_config_is_valid_and_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["sil.yaml", "sil-2evse.yaml"])
+def test_sil_configs_are_valid_and_start(tmp_path: Path, name: str) -> None:
     port = free_port()
-    sil = ROOT / "config" / "sil.yaml"
+    sil = ROOT / "config" / name
     result = subprocess.run(chargepoint_cmd("validate", str(sil)), env=subprocess_env(), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stdout
