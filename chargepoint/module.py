@@ -63,6 +63,15 @@ class RequiredConnection:
     async def call(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
         return await self._runtime.call(self, cmd, args, timeout)
 
+    async def try_call(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
+        """Like ``call``, but a failed call is logged and gives None: for best-effort commands."""
+        try:
+            return await self.call(cmd, timeout, **args)
+        except CmdError as exc:
+            self._runtime.log.warning("cmd failed", target=f"{self.module_id}.{self.impl_id}", cmd=cmd,
+                                      code=exc.code, error=exc.message)
+            return None
+
     def subscribe(self, var: str, callback: VarCallback) -> None:
         self._runtime.subscribe_var(self, var, callback)
 

@@ -183,11 +183,7 @@ class Auth(Module):
         if connection is None:
             self.log.warning("no EVSE with this id", evse=evse_id, cmd=cmd)
             return None
-        try:
-            return await connection.call(cmd, **args)
-        except CmdError as exc:
-            self.log.warning("EVSE cmd failed", evse=evse_id, cmd=cmd, code=exc.code, error=exc.message)
-            return None
+        return await connection.try_call(cmd, **args)
 
     async def _validate(self, token: Token) -> None:
         validators = list(self.requires["token_validator"])

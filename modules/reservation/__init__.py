@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from chargepoint import CmdError, Module
+from chargepoint import Module
 from chargepoint.module import RequiredConnection
 from chargepoint.timestamps import utc_now
 
@@ -261,11 +261,7 @@ class ReservationModule(Module):
         if connection is None:
             self.log.warning("no EVSE with this id", evse=evse_id, cmd=cmd)
             return None
-        try:
-            return await connection.call(cmd, **args)
-        except CmdError as exc:
-            self.log.warning("EVSE cmd failed", evse=evse_id, cmd=cmd, code=exc.code, error=exc.message)
-            return None
+        return await connection.try_call(cmd, **args)
 
     def _storage_failed(self, message: str) -> None:
         if self.storage_ok:
