@@ -7,7 +7,7 @@ from itertools import count
 from typing import Any
 
 from chargepoint.interfaces import load_interface
-from modules.evse_manager.actions import Action, Publish, PwmOff, SetPwm, SetRelay
+from modules.evse_manager.actions import Action, PersistSession, Publish, PwmOff, SetPwm, SetRelay
 from modules.evse_manager.core import EvseCore
 from modules.evse_manager.model import EvseConfig
 
@@ -19,11 +19,16 @@ SOCKET_WITH_LOCK = {"min_current_A": 6, "max_current_A": 32, "max_phases": 3, "s
 
 
 class Harness:
-    """One core, a clock, and every action it returned (each published var checked against the interface)."""
+    """One core, a clock, and every action it returned (each published var checked against the interface).
 
-    def __init__(self, **config: Any) -> None:
+    With ``auto_store`` (the default) every session file write is confirmed at once, as a shell
+    whose disk is instantaneous would; without it the test confirms them with :meth:`store`.
+    """
+
+    def __init__(self, auto_store: bool = True, **config: Any) -> None:
         self.core = EvseCore(EvseConfig(**config), new_session_id=lambda: f"session-{next(SESSION_NUMBERS)}")
         self.now = T0
+        self.auto_store = auto_store
         self.actions: list[Action] = []
         self.record(self.core.start(self.now))
 
@@ -32,7 +37,17 @@ class Harness:
             if isinstance(action, Publish):
                 EVSE.vars[action.var].validate(action.value)
         self.actions.extend(actions)
+        if self.auto_store:
+            for write in [a for a in actions if isinstance(a, PersistSession)]:
+                actions = actions + self.store(write.record["session_id"] if write.record else None)
         return actions
+
+    def store(self, session_id: str | None) -> list[Action]:
+        """The shell reports a session file write of ``session_id`` done."""
+        return self.record(self.core.session_stored(session_id, self.now))
+
+    def persisted_session_ids(self) -> list[str]:
+        return [a.record["session_id"] for a in self.actions if isinstance(a, PersistSession) and a.record]
 
     def feed(self, name: str, *args: Any) -> list[Action]:
         """An input without a result (cp_state, board_error, tick, ...)."""

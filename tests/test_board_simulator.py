@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Broker, run, running_station, write_wiring
+from helpers import Broker, chargepoint_cmd, run, running_station, subprocess_env, write_wiring
 
 from chargepoint import CmdError
 from chargepoint.busprobe import BusProbe
@@ -269,3 +272,51 @@ def test_unreadable_saved_state_starts_fresh(broker: Broker, tmp_path: Path) -> 
             assert reading["energy_Wh_import"]["total"] == 0
 
     run(scenario())
+
+
+def test_plugged_ev_and_energy_survive_kill_9(broker: Broker, tmp_path: Path) -> None:
+    """The state file follows plug-in and unplug at once and the energy register within about a second."""
+    path = write_wiring(tmp_path, broker.port, BOARD)
+    per_second_Wh = 16 * 230 * 3 * 3600 / 3600  # 11 kW at time_scale 3600, per real second
+
+    async def killed_after(steps: Callable[[Bench], Any]) -> Any:
+        process = subprocess.Popen(chargepoint_cmd("run", str(path)), env=subprocess_env(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async with BusProbe(broker.host, broker.port) as probe:
+                await probe.wait_station_ready(20)
+                result = await steps(Bench(probe))
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+        return result
+
+    async def plug_in(bench: Bench) -> None:
+        await bench.cp("A")
+        assert await bench.call("ev", "plug_in") is True
+
+    async def charge(bench: Bench) -> float:
+        await bench.cp("B")  # still plugged in after the kill
+        await bench.charge(16)
+        reading = await bench.until("powermeter", "powermeter",
+                                    lambda r: r["energy_Wh_import"]["total"] > 3 * per_second_Wh)
+        return float(reading["energy_Wh_import"]["total"])
+
+    async def unplug(bench: Bench) -> float:
+        await bench.cp("B")
+        reading = await bench.until("powermeter", "powermeter", lambda r: True)
+        assert bench.value("board", "relay_state")["closed"] is False
+        assert await bench.call("ev", "unplug") is True
+        return float(reading["energy_Wh_import"]["total"])
+
+    async def unplugged(bench: Bench) -> None:
+        await bench.cp("A")
+        assert await bench.until("board", "pp_ampacity_A", lambda value: True) is None, "no cable"
+
+    run(killed_after(plug_in))
+    last_seen_Wh = run(killed_after(charge))
+    assert isinstance(last_seen_Wh, float)
+    restored_Wh = run(killed_after(unplug))
+    assert isinstance(restored_Wh, float)
+    assert last_seen_Wh - 1.5 * per_second_Wh <= restored_Wh <= last_seen_Wh + 0.5 * per_second_Wh
+    run(killed_after(unplugged))

@@ -200,6 +200,29 @@ def test_saved_state_round_trip_and_bad_saved_state() -> None:
         assert saved_module.saved_state(fresh) == saved_module.saved_state(model())
 
 
+def test_state_file_is_written_at_once_on_plug_changes_and_energy_alone_once_a_second() -> None:
+    board = model(time_scale=3600)
+    due = saved_module.save_due
+    empty = saved_module.saved_state(board)
+    assert due(None, empty, power_changed=False, seconds_since_save=0.0), "the first state is written at once"
+    assert not due(empty, empty, power_changed=False, seconds_since_save=99.0), "nothing changed"
+    board.plug_in(0.0)
+    plugged = saved_module.saved_state(board)
+    assert due(empty, plugged, power_changed=False, seconds_since_save=0.0)
+    board.set_pwm(0.0, duty_cycle_for_current(16))
+    board.allow_power_on(0.0, True, 3)
+    board.advance(0.1)
+    counting = saved_module.saved_state(board)
+    assert counting["ev"]["energy_Wh"] > 0
+    assert not due(plugged, counting, power_changed=False, seconds_since_save=0.1)
+    assert due(plugged, counting, power_changed=False, seconds_since_save=1.0)
+    assert due(plugged, counting, power_changed=True, seconds_since_save=0.1), "power stopped or started"
+    board.set_ev_max_current(0.1, 10)
+    assert due(counting, saved_module.saved_state(board), power_changed=False, seconds_since_save=0.0)
+    board.unplug(0.2)
+    assert due(counting, saved_module.saved_state(board), power_changed=False, seconds_since_save=0.0)
+
+
 # -- properties over random event sequences -------------------------------------------------
 
 ALLOW_POWER_ON = st.tuples(st.just("allow_power_on"), st.fixed_dictionaries({"allowed": st.booleans(),

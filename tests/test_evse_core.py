@@ -212,6 +212,36 @@ def test_connector_lock_brackets_the_transaction() -> None:
     assert h.actions.index(SetRelay(False, 0)) < h.actions.index(Unlock())
 
 
+BOARD_COMMANDS = SetRelay | PwmOff | SetPwm | Lock | Unlock
+
+
+@pytest.mark.parametrize("ending", ["stop_transaction", "unplug", "board_fault", "force_unlock"])
+def test_pwm_goes_off_with_the_transaction_and_stays_off_while_idle(ending: str) -> None:
+    """IEC 61851: no PWM (state X1) without an offer; it goes off right after the relay opens, before the unlock."""
+    h = Harness()
+    h.feed("capabilities", SOCKET_WITH_LOCK)
+    h.feed("lock_state", "locked")
+    h.charging()
+    h.clear()
+    if ending == "stop_transaction":
+        h.cmd("stop_transaction", "Local", None)
+    elif ending == "unplug":
+        h.feed("cp_state", "A")
+    elif ending == "board_fault":
+        h.feed("board_error", "rcd", True, "30 mA")
+    else:
+        h.cmd("force_unlock")
+    assert [a for a in h.actions if isinstance(a, BOARD_COMMANDS)] == [SetRelay(False, 0), PwmOff(), Unlock()]
+    h.feed("board_error", "rcd", False, "")
+    h.feed("cp_state", "A")
+    h.feed("cp_state", "B")  # the next EV, not authorized yet
+    h.feed("cp_state", "C")  # an EV may ask in X1; it gets neither PWM nor power
+    h.advance(30)
+    assert not any(isinstance(a, SetPwm) for a in h.actions)
+    assert h.pwm_duty is None and not h.relay_closed
+    assert h.core.charger_state == "waiting_for_authorization"
+
+
 def test_force_unlock_stops_the_transaction_or_is_not_supported() -> None:
     tethered = Harness()
     assert tethered.cmd("force_unlock") is False
@@ -285,6 +315,26 @@ def test_transaction_is_persisted_before_transaction_started_is_published() -> N
     assert persist < started
 
 
+def test_pwm_and_lock_start_at_once_but_the_relay_waits_for_the_stored_transaction() -> None:
+    h = Harness(auto_store=False)
+    h.feed("capabilities", SOCKET_WITH_LOCK)
+    h.feed("lock_state", "unlocked")
+    h.feed("cp_state", "B")
+    h.clear()
+    h.cmd("authorize", "CARD", "rfid", None, None)
+    assert [a for a in h.actions if isinstance(a, BOARD_COMMANDS)] == [Lock(), SetPwm(53.33)]
+    session_id = h.persisted_session_ids()[0]
+    h.feed("lock_state", "locked")
+    h.feed("cp_state", "C")
+    assert not h.relay_closed and h.core.charger_state == "preparing"
+    h.store(None)  # a removal of an earlier session's file says nothing about this one
+    h.store("another-session")
+    assert not h.relay_closed and "charging_started" not in h.event_types()
+    h.store(session_id)
+    assert h.relay_closed and h.core.charger_state == "charging"
+    assert h.event_types()[-1] == "charging_started"
+
+
 def _record(h: Harness) -> dict[str, Any]:
     """The session file a station charging from 100 to 400 Wh leaves behind at 09:30."""
     h.charging(meter_Wh=100.0)
@@ -310,6 +360,14 @@ def test_restart_resumes_the_transaction_when_still_plugged_in() -> None:
     finished = h.events("transaction_finished")[0]
     assert finished["reason"] == "EVDisconnected" and finished["session_id"] == record["session_id"]
     assert h.last("session")["energy_Wh"] == 310.0
+
+
+def test_a_resumed_transaction_is_already_stored() -> None:
+    record = _record(Harness())
+    h = Harness(auto_store=False, session_resume="resume")
+    h.feed("restore", record)
+    h.feed("cp_state", "C")
+    assert h.event_types() == ["session_resumed", "charging_resumed"] and h.relay_closed  # no write to wait for
 
 
 @pytest.mark.parametrize(("mode", "cp"), [("power_loss", "C"), ("resume", "A"), ("resume", None)])

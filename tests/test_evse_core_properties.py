@@ -23,6 +23,8 @@ class EvseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.h = Harness()
+        self.stored: set[str] = set()
+        self.restored: str | None = None
         self.seen = 0
         self.open_transactions: set[str] = set()
         self.finished_transactions: set[str] = set()
@@ -30,9 +32,9 @@ class EvseMachine(RuleBasedStateMachine):
         self.finished_sessions: set[str] = set()
 
     @initialize(mode=st.sampled_from(["resume", "power_loss"]), restore=st.booleans(),
-                ventilation=st.booleans(), lock=st.booleans())
-    def start(self, mode: str, restore: bool, ventilation: bool, lock: bool) -> None:
-        self.h = Harness(session_resume=mode, plugin_timeout_s=20, meter_persist_interval_s=5,
+                ventilation=st.booleans(), lock=st.booleans(), auto_store=st.booleans())
+    def start(self, mode: str, restore: bool, ventilation: bool, lock: bool, auto_store: bool) -> None:
+        self.h = Harness(auto_store=auto_store, session_resume=mode, plugin_timeout_s=20, meter_persist_interval_s=5,
                          energy_fallback_current_A=10)
         self.h.feed("capabilities", {**SOCKET_WITH_LOCK, "has_lock": lock, "supports_ventilation": ventilation})
         if restore:
@@ -40,6 +42,7 @@ class EvseMachine(RuleBasedStateMachine):
             previous.charging(meter_Wh=50.0)
             record = previous.core.checkpoint(previous.now)[0].record  # type: ignore[union-attr]
             assert record is not None
+            self.restored = record["session_id"]
             self.open_transactions.add(record["session_id"])
             self.open_sessions.add(record["session_id"])
             self.h.feed("restore", record)
@@ -56,6 +59,15 @@ class EvseMachine(RuleBasedStateMachine):
         self.h.feed("cp_state", "B")
         self.h.cmd("authorize", token, "rfid", None, self.h.core.reservation_id)
         self.h.feed("cp_state", "C")
+
+    @rule(back=st.integers(min_value=0, max_value=2), removal=st.booleans())
+    def session_file_written(self, back: int, removal: bool) -> None:
+        """The shell confirms a write: usually the latest, sometimes an older one or a removal."""
+        written = self.h.persisted_session_ids()
+        session_id = None if removal or not written else written[max(0, len(written) - 1 - back)]
+        if session_id is not None:
+            self.stored.add(session_id)
+        self.h.store(session_id)
 
     @rule()
     def faults_clear(self) -> None:
@@ -137,6 +149,8 @@ class EvseMachine(RuleBasedStateMachine):
             return
         cp = core.board.cp_state
         assert core.transaction is not None and core.authorization is not None
+        assert core.session is not None and core.session.session_id in self.h.persisted_session_ids()
+        assert self.h.auto_store or core.session.session_id in self.stored or self.restored == core.session.session_id
         assert core.enabled and not core._blocking_errors() and not core.paused_by_evse
         assert cp == "C" or (cp == "D" and core.board.supports_ventilation)
         assert core.limits.max_current_A >= core.min_current_A

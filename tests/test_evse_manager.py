@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from helpers import Broker, run, running_station, write_wiring
+from helpers import Broker, chargepoint_cmd, run, running_station, subprocess_env, write_wiring
 
 from chargepoint.busprobe import BusProbe
 
@@ -14,6 +17,9 @@ STATE = "cp/evse_1/evse/var/state"
 SESSION = "cp/evse_1/evse/var/session"
 EVENTS = "cp/evse_1/evse/var/session_event"
 RELAY = "cp/board_1/board/var/relay_state"
+CP = "cp/board_1/board/var/cp_state"
+LOCK = "cp/board_1/board/var/lock_state"
+RELAY_OPEN = 'allow_power_on {"allowed": false, "phases": 3}'
 LIMITS = "cp/evse_1/evse/var/limits"
 
 
@@ -98,6 +104,128 @@ def test_plug_in_authorize_charge_stop_unplug(broker: Broker, tmp_path: Path) ->
                                    "transaction_finished", "session_finished"]
             assert {event["session_id"] for event in lab.events} == {started["session_id"]}
             assert not (tmp_path / "state" / "evse_1" / "session.json").exists()
+
+    run(scenario())
+
+
+def from_first(traffic: list[str], entry: str) -> list[str]:
+    """``traffic`` from the first ``entry`` on."""
+    return traffic[traffic.index(entry):]
+
+
+def test_board_cmds_are_pipelined_in_a_safe_order(broker: Broker, tmp_path: Path) -> None:
+    """Lock and PWM go out together; on a stop the relay opens first, then PWM off, then the unlock."""
+    path = station(tmp_path, broker.port)
+
+    async def scenario() -> None:
+        async with BusProbe(broker.host, broker.port) as probe, running_station(path):
+            lab = Watcher(probe)
+            traffic: list[str] = []
+            probe.watch("cp/board_1/board/cmd/+", lambda topic, payload: traffic.append(
+                f"{topic.rsplit('/', 1)[1]} {json.dumps(json.loads(payload)['args'], sort_keys=True)}"))
+            probe.watch("cp/evse_1/reply", lambda _topic, _payload: traffic.append("reply"))
+            probe.watch(CP)
+            probe.watch(LOCK)
+            await plug_in_and_charge(lab)
+            started = from_first(traffic, "lock {}")
+            assert started[:2] == ["lock {}", 'set_pwm {"duty_cycle_percent": 26.66}'], "PWM waits for no reply"
+            assert started.index('allow_power_on {"allowed": true, "phases": 3}') > 2
+            traffic.clear()  # the cmds of the start-up went out before the lock: they are in order
+            assert await lab.call("evse_1", "evse", "stop_transaction", reason="Remote") is True
+            await lab.relay(False)
+            await probe.wait_for(CP, lambda payload: json.loads(payload) == "B")
+            await probe.wait_for(LOCK, lambda payload: json.loads(payload) == "unlocked")
+            stopped = from_first(traffic, RELAY_OPEN)
+            assert stopped[:3] == [RELAY_OPEN, "pwm_off {}", "unlock {}"], "all sent before the first reply"
+
+    run(scenario())
+
+
+def test_transaction_is_on_disk_before_anyone_hears_of_it(broker: Broker, tmp_path: Path) -> None:
+    path = station(tmp_path, broker.port)
+    session_file = tmp_path / "state" / "evse_1" / "session.json"
+
+    async def scenario() -> None:
+        async with BusProbe(broker.host, broker.port) as probe, running_station(path):
+            lab = Watcher(probe)
+            on_disk: dict[str, bool] = {}
+
+            def note(what: str, seen: bool) -> None:
+                if seen and what not in on_disk:
+                    on_disk[what] = session_file.exists()
+
+            probe.watch(EVENTS, lambda _t, p: note("event", json.loads(p)["type"] == "transaction_started"))
+            probe.watch(STATE, lambda _t, p: note("state", json.loads(p)["transaction_active"]))
+            probe.watch(SESSION, lambda _t, p: note("session", json.loads(p)["transaction_active"]))
+            probe.watch(RELAY, lambda _t, p: note("relay", json.loads(p)["closed"]))
+            await plug_in_and_charge(lab)
+            assert on_disk == {"event": True, "state": True, "session": True, "relay": True}
+
+    run(scenario())
+
+
+def test_next_ev_sees_no_pwm_until_it_is_authorized(broker: Broker, tmp_path: Path) -> None:
+    """IEC 61851 X1: stop, unplug at once and plug in again; each new EV finds no PWM, so it stays in B.
+
+    The station runs in its own process, as in the field, so its board cmds race the lab's plug-ins.
+    """
+    path = station(tmp_path, broker.port)
+    process = subprocess.Popen(chargepoint_cmd("run", str(path)), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def scenario() -> None:
+        async with BusProbe(broker.host, broker.port) as probe:
+            await probe.wait_station_ready(20)
+            lab = Watcher(probe)
+            cp_states: list[str] = []
+            probe.watch(CP, lambda _topic, payload: cp_states.append(json.loads(payload)))
+            await lab.charger_state("idle")
+            await probe.wait_for(CP, lambda payload: json.loads(payload) == "A")
+            for _ in range(5):
+                plugged_at = len(cp_states)
+                await plug_in_and_charge(lab)
+                assert cp_states[plugged_at:] == ["B", "C"], "C before the authorization: the PWM was still on"
+                assert await lab.call("evse_1", "evse", "stop_transaction", reason="Local") is True
+                await lab.call("board_1", "ev", "unplug")
+                await lab.charger_state("idle")
+                lab.events.clear()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_board_that_stops_answering_raises_board_unavailable(broker: Broker, tmp_path: Path) -> None:
+    """Pipelined cmds still time out one by one; the next answered cmd clears the fault."""
+    path = station(tmp_path, broker.port)
+    path.write_text(path.read_text().replace("    module: board_simulator\n",
+                                             "    module: board_simulator\n    standalone: true\n"))
+    error = "cp/evse_1/evse/error/board_unavailable"
+
+    async def scenario() -> None:
+        async with BusProbe(broker.host, broker.port) as probe, running_station(path) as manager:
+            lab = Watcher(probe)
+            probe.watch(error)
+            probe.watch(CP)
+            probe.watch(LOCK)
+            await lab.call("board_1", "ev", "plug_in")
+            await lab.charger_state("waiting_for_authorization")
+            board_pid = manager._children["board_1"].pid  # type: ignore[attr-defined]
+            os.kill(board_pid, signal.SIGSTOP)
+            try:
+                assert await lab.call("evse_1", "evse", "authorize", id_token="04A2B3C4", token_type="rfid") is True
+                raised = await probe.wait_for(error, lambda payload: json.loads(payload)["active"], 15)
+                assert "timeout" in json.loads(raised)["message"]
+                finished = await lab.event("transaction_finished")
+                assert finished["reason"] == "EmergencyStop" and "board timeout" in finished["details"]
+            finally:
+                os.kill(board_pid, signal.SIGCONT)
+            await probe.wait_for(error, lambda payload: not json.loads(payload)["active"], 10)
+            await lab.charger_state("finishing")
+            await probe.wait_for(LOCK, lambda payload: json.loads(payload) == "unlocked")
+            await probe.wait_for(CP, lambda payload: json.loads(payload) == "B")  # the later pwm_off won
 
     run(scenario())
 

@@ -1,8 +1,9 @@
 """evse_manager: the asyncio shell around the EVSE core (``core.py``).
 
 It feeds the core with board vars and errors, meter readings, cmd calls and clock ticks, and
-carries out the actions the core returns: board cmds (in order, one at a time), publications,
-errors and the session file.
+carries out the actions the core returns: board cmds (sent at once and in order, see
+``board_link.py``), publications, errors and the session file (written off the event loop; what
+is published after a write waits for it, see ``outbox.py``).
 """
 
 from __future__ import annotations
@@ -16,20 +17,18 @@ from chargepoint import CmdError, Module
 
 from .actions import (
     Action,
-    BoardAction,
     ClearError,
-    Lock,
     PersistSession,
     Publish,
-    PwmOff,
     RaiseError,
     RequestEnergy,
-    SetPwm,
     SetRelay,
     Unlock,
 )
+from .board_link import BoardLink
 from .core import EvseCore
 from .model import ConfigError, EvseConfig
+from .outbox import Outbox
 from .persistence import RecordError, SessionStore
 
 TICK_S = 0.5
@@ -49,7 +48,10 @@ class EvseManager(Module):
         self.evse_config = config
         self.core = EvseCore(config)
         self.store = SessionStore(self.state_dir, config.evse_id)
-        self.board_queue: asyncio.Queue[tuple[BoardAction, asyncio.Future[Any] | None]] = asyncio.Queue()
+        self.board_link = BoardLink(self.requires["board"].one, self.spawn, on_success=self._board_answered,
+                                    on_failure=self._board_failed, ready_wait_s=BOARD_READY_WAIT_S)
+        self.outbox = Outbox(self._persist, self._publish, stored=self._session_stored, spawn=self.spawn,
+                             thread_name=f"{self.id}-session-file")
         self.energy_request: RequestEnergy | None = None
         self.energy_changed = asyncio.Event()
         self.has_powermeter = len(self.requires["powermeter"]) == 1
@@ -58,13 +60,12 @@ class EvseManager(Module):
         self._subscribe()
         self.execute(self.core.start(now_utc()))
         self._restore()
-        self.spawn(self._run_board_queue(), name=f"{self.id}-board")
         self.spawn(self._run_ticks(), name=f"{self.id}-ticks")
         if self.has_energy:
             self.spawn(self._run_energy_requests(), name=f"{self.id}-energy")
 
     async def shutdown(self) -> None:
-        self.execute(self.core.checkpoint(now_utc()))
+        await self.outbox.close(self.core.checkpoint(now_utc()))
 
     # -- wiring ----------------------------------------------------------------------------
     def _serve_cmds(self) -> None:
@@ -160,73 +161,53 @@ class EvseManager(Module):
 
     # -- outputs ---------------------------------------------------------------------------
     def execute(self, actions: list[Action], unlock_result: asyncio.Future[Any] | None = None) -> None:
-        evse = self.provides["evse"]
         last_unlock = max((i for i, a in enumerate(actions) if isinstance(a, Unlock)), default=None)
         for index, action in enumerate(actions):
-            if isinstance(action, Publish):
-                evse.publish(action.var, action.value)
-                if action.var == "session_event":
-                    event = action.value
-                    self.log.info("session event", type=event["type"], session_id=event["session_id"],
-                                  evse=self.evse_config.evse_id, reason=event.get("reason"))
-            elif isinstance(action, RaiseError):
-                evse.raise_error(action.error_type, action.message)
-            elif isinstance(action, ClearError):
-                evse.clear_error(action.error_type)
-                self.log.info("error cleared", type=action.error_type)
-            elif isinstance(action, PersistSession):
-                self._persist(action.record)
-            elif isinstance(action, RequestEnergy):
-                self.energy_request = action
-                self.energy_changed.set()
+            if isinstance(action, PersistSession):
+                self.outbox.persist(action)
+            elif isinstance(action, Publish | RaiseError | ClearError | RequestEnergy):
+                self.outbox.publish(action)
             else:
-                future = unlock_result if index == last_unlock else None
-                self.board_queue.put_nowait((action, future))
+                if isinstance(action, SetRelay):
+                    self.log.info("relay close" if action.closed else "relay open", phases=action.phases,
+                                  evse=self.evse_config.evse_id)
+                self.board_link.send(action, unlock_result if index == last_unlock else None)
+
+    def _publish(self, action: Action) -> None:
+        evse = self.provides["evse"]
+        if isinstance(action, Publish):
+            evse.publish(action.var, action.value)
+            if action.var == "session_event":
+                event = action.value
+                self.log.info("session event", type=event["type"], session_id=event["session_id"],
+                              evse=self.evse_config.evse_id, reason=event.get("reason"))
+        elif isinstance(action, RaiseError):
+            evse.raise_error(action.error_type, action.message)
+        elif isinstance(action, ClearError):
+            evse.clear_error(action.error_type)
+            self.log.info("error cleared", type=action.error_type)
+        elif isinstance(action, RequestEnergy):
+            self.energy_request = action
+            self.energy_changed.set()
 
     def _persist(self, record: dict[str, Any] | None) -> None:
+        """Runs in the outbox's writer thread."""
         try:
             self.store.save(record)
         except OSError as exc:
             self.log.error("session file not written", path=str(self.store.path), error=str(exc))
 
-    async def _run_board_queue(self) -> None:
-        while True:
-            action, future = await self.board_queue.get()
-            try:
-                result = await self._board_call(action)
-            except CmdError as exc:
-                self.log.warning("board cmd failed", action=type(action).__name__, code=exc.code, error=exc.message)
-                if exc.code in ("timeout", "not_ready"):
-                    self.feed(self.core.fault, "board_unavailable", "shell", True,
-                              f"board {exc.code}: {exc.message}")
-                if future is not None and not future.done():
-                    future.set_result(False)
-                continue
-            if "shell" in self.core.faults.get("board_unavailable", {}):
-                self.feed(self.core.fault, "board_unavailable", "shell", False, "")
-            if future is not None and not future.done():
-                future.set_result(bool(result))
+    def _session_stored(self, record: dict[str, Any] | None) -> None:
+        self.feed(self.core.session_stored, record["session_id"] if record is not None else None)
 
-    async def _board_call(self, action: BoardAction) -> Any:
-        board = self.requires["board"]
-        waited = 0.0
-        while not board.one.ready and waited < BOARD_READY_WAIT_S:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-        if isinstance(action, SetPwm):
-            return await board.call("set_pwm", duty_cycle_percent=action.duty_cycle_percent)
-        if isinstance(action, PwmOff):
-            return await board.call("pwm_off")
-        if isinstance(action, SetRelay):
-            if action.closed:
-                self.log.info("relay close", phases=action.phases, evse=self.evse_config.evse_id)
-                return await board.call("allow_power_on", allowed=True, phases=action.phases)
-            self.log.info("relay open", evse=self.evse_config.evse_id)
-            return await board.call("allow_power_on", allowed=False)
-        if isinstance(action, Lock):
-            return await board.call("lock")
-        assert isinstance(action, Unlock)
-        return await board.call("unlock")
+    def _board_answered(self, cmd: str) -> None:
+        if "shell" in self.core.faults.get("board_unavailable", {}):
+            self.feed(self.core.fault, "board_unavailable", "shell", False, "")
+
+    def _board_failed(self, cmd: str, exc: CmdError) -> None:
+        self.log.warning("board cmd failed", cmd=cmd, code=exc.code, error=exc.message)
+        if exc.code in ("timeout", "not_ready"):
+            self.feed(self.core.fault, "board_unavailable", "shell", True, f"board {exc.code}: {exc.message}")
 
     async def _run_ticks(self) -> None:
         while True:

@@ -3,8 +3,8 @@
 Every input method takes ``now`` (an aware UTC datetime) and returns the actions to carry out, in
 order; cmds return ``(result, actions)``. Bad input raises ``ValueError`` and changes nothing.
 The rules that keep the relay safe live in ``engine.py`` and run after every input, so no order
-of inputs can leave the relay closed without an authorized transaction, an enabled EVSE, no fault
-and the EV asking for power.
+of inputs can leave the relay closed without an authorized transaction that is stored on disk,
+an enabled EVSE, no fault and the EV asking for power.
 """
 
 from __future__ import annotations
@@ -98,6 +98,17 @@ class EvseCore(EvseEngine):
             raise ValueError(f"meter energy {energy_Wh} Wh is negative")
         self.meter.energy_Wh = energy_Wh
         self.meter.power_W = power_W
+        return self._settle(now)
+
+    def session_stored(self, session_id: str | None, now: datetime) -> list[Action]:
+        """The shell finished writing a PersistSession record of ``session_id`` (None: the file was removed).
+
+        A new transaction may close the relay only after its record is on disk, so that no energy
+        flows in a transaction a power loss would forget.
+        """
+        transaction = self.transaction
+        if transaction is not None and self.session is not None and self.session.session_id == session_id:
+            transaction.stored = True
         return self._settle(now)
 
     def checkpoint(self, now: datetime) -> list[Action]:

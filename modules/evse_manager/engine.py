@@ -2,7 +2,8 @@
 
 After every input the core settles: it finishes a transaction a fault forbids, applies scheduled
 availability, starts a transaction an authorized plug-in allows, then commands relay, lock and
-PWM to what is safe now (relay opened first, closed last), and publishes what changed.
+PWM to what is safe now (relay opened first, then PWM off, lock or unlock, PWM on, relay closed
+last), and publishes what changed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class EvseEngine(EvseState):
         cp = self.board.cp_state
         ev_requests = cp == "C" or (cp == "D" and self.board.supports_ventilation)
         locked = not self.board.needs_lock or self.board.lock_state != "unlocked"
-        return duty is not None and ev_requests and locked
+        stored = self.transaction is not None and self.transaction.stored
+        return duty is not None and ev_requests and locked and stored
 
     @property
     def charger_state(self) -> str:
@@ -142,13 +144,16 @@ class EvseEngine(EvseState):
         if self.relay_commanded is not False and not relay:
             self._out.append(SetRelay(False, 0))
             self.relay_commanded, self.relay_phases = False, 0
+        if duty is None and (not self._pwm_known or self.pwm_duty is not None):
+            self._out.append(PwmOff())  # X1 right after the relay opens: the unlock may take long
+            self.pwm_duty, self._pwm_known = None, True
         if self.board.needs_lock:
             lock = self.transaction is not None
             if self.lock_commanded is not lock:
                 self._out.append(Lock() if lock else Unlock())
                 self.lock_commanded = lock
-        if not self._pwm_known or duty != self.pwm_duty:
-            self._out.append(SetPwm(duty) if duty is not None else PwmOff())
+        if duty is not None and duty != self.pwm_duty:
+            self._out.append(SetPwm(duty))
             self.pwm_duty, self._pwm_known = duty, True
         if relay and (not self.relay_commanded or phases != self.relay_phases):
             self._out.append(SetRelay(True, phases))

@@ -108,6 +108,7 @@ class Transaction:
     started_at: datetime
     meter_start_Wh: float | None
     has_charged: bool = False
+    stored: bool = True  # its record is on disk (the shell confirmed the write); the relay waits for this
     persisted_at: datetime | None = None
     persisted_meter_Wh: float | None = None
 

@@ -102,7 +102,7 @@ class EvseState:
         if (session is None or authorization is None or not session.plugged_in or session.transaction is not None
                 or session.finished_transaction is not None or not self.enabled or self._blocking_errors()):
             return
-        transaction = Transaction(authorization, now, self.meter.energy_Wh)
+        transaction = Transaction(authorization, now, self.meter.energy_Wh, stored=False)
         session.transaction = transaction
         self._persist(now)
         self._emit("transaction_started", now, **token_fields(authorization), meter_Wh=transaction.meter_start_Wh,

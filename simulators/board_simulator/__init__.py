@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from chargepoint import Module
 from chargepoint.iec61851 import MIN_CURRENT_A
-from chargepoint.storage import atomic_write_json, read_json
+from chargepoint.storage import read_json
 from chargepoint.timestamps import utc_now
 
 from .core import PHASE_NAMES, BoardModel, BoardSettings, BoardView, EvView, MeterView
-from .saved import restore, saved_state
+from .saved import ENERGY_SAVE_INTERVAL_S, restore, save_due, saved_state, write_state_file
 
 NOT_SIGNING = {"status": "not_supported", "signed_meter_value": None}
 
@@ -40,6 +41,7 @@ class BoardSimulator(Module):
         self._ev_seen: EvView | None = None
         self._currents_seen: tuple[float, ...] | None = None
         self._saved: dict[str, Any] | None = None
+        self._saved_at = time.monotonic()
         self._wake = asyncio.Event()
 
         board = self.provides["board"]
@@ -59,8 +61,8 @@ class BoardSimulator(Module):
         ev.serve("resume", lambda: self._act("ev resume", model.set_paused, paused=False))
         ev.serve("set_max_current", lambda current_A: self._act(
             "ev max current set", model.set_ev_max_current, current_A=current_A))
-        ev.serve("fault", lambda kind: self._act("fault injected", model.inject_fault, kind=kind))
-        ev.serve("clear_fault", lambda kind: self._act("fault cleared", model.clear_fault, kind=kind))
+        ev.serve("fault", lambda kind: self._act_and_save("fault injected", model.inject_fault, kind=kind))
+        ev.serve("clear_fault", lambda kind: self._act_and_save("fault cleared", model.clear_fault, kind=kind))
         meter = self.provides["powermeter"]
         meter.serve("start_transaction", lambda **_: NOT_SIGNING)
         meter.serve("stop_transaction", lambda **_: NOT_SIGNING)
@@ -81,7 +83,7 @@ class BoardSimulator(Module):
 
     async def shutdown(self) -> None:
         self.model.advance(time.monotonic())
-        self._save()
+        self._save(urgent=True)
 
     def _act(self, event: str, action: Callable[..., Any], **args: Any) -> Any:
         """Apply one event to the model now, log it, and publish whatever it changed."""
@@ -90,6 +92,12 @@ class BoardSimulator(Module):
         fields = {name: value for name, value in {**args, "result": result}.items() if value is not None}
         self.log.info(event, **fields, cp_state=view.cp_state, relay_closed=view.relay_closed)
         self._sync()
+        return result
+
+    def _act_and_save(self, event: str, action: Callable[..., Any], **args: Any) -> Any:
+        """An event after which the state file is written at once, whatever changed."""
+        result = self._act(event, action, **args)
+        self._save(urgent=True)
         return result
 
     def _sync(self) -> None:
@@ -113,9 +121,10 @@ class BoardSimulator(Module):
         self._board_seen = view
         self._publish_ev()
         currents = self.model.meter_view().current_A
-        if currents != self._currents_seen:
+        power_changed = currents != self._currents_seen
+        if power_changed:
             self._publish_meter()  # power changed: readers need not wait for the next interval
-        self._save()
+        self._save(power_changed=power_changed)
         self._wake.set()
 
     def _publish_ev(self) -> None:
@@ -154,6 +163,8 @@ class BoardSimulator(Module):
         while True:
             now = time.monotonic()
             wake_at = min(next_reading, self.model.next_change_at() or next_reading)
+            if self._saved != saved_state(self.model) or any(self._currents_seen or ()):
+                wake_at = min(wake_at, self._saved_at + ENERGY_SAVE_INTERVAL_S)  # energy counted since the save
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - now))
@@ -176,8 +187,11 @@ class BoardSimulator(Module):
         if self.model.ev is not None:
             self.log.info("ev still plugged in after restart", energy_Wh=round(self.model.ev.energy_Wh, 3))
 
-    def _save(self) -> None:
+    def _save(self, power_changed: bool = False, urgent: bool = False) -> None:
+        """Write ``board.json`` when :func:`save_due` says so; ``urgent`` writes any change now."""
         state = saved_state(self.model)
-        if state != self._saved:
-            atomic_write_json(self.state_file, state)
-            self._saved = state
+        now = time.monotonic()
+        since_save = math.inf if urgent else now - self._saved_at
+        if save_due(self._saved, state, power_changed, since_save):
+            write_state_file(self.state_file, state)
+            self._saved, self._saved_at = state, now

@@ -1,11 +1,22 @@
-"""What of the simulated board survives a restart: the meter registers and the car still plugged in."""
+"""What of the simulated board survives a restart: the meter registers and the car still plugged in.
+
+It is a simulator, so ``board.json`` is written without fsync (an atomic replace survives a kill of
+the process, which is what tests and labs do): at once when the EV or the power changes, the
+energy registers alone at most once per ``ENERGY_SAVE_INTERVAL_S``, and on shutdown.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from .core import CABLE_AMPACITIES, BoardModel, Ev
+
+ENERGY_SAVE_INTERVAL_S = 1.0
 
 
 def saved_state(model: BoardModel) -> dict[str, Any]:
@@ -16,6 +27,39 @@ def saved_state(model: BoardModel) -> dict[str, Any]:
         "paused": ev.paused, "energy_Wh": ev.energy_Wh,
     }
     return {"energy_Wh": list(model.energy_Wh), "ev": saved_ev}
+
+
+def without_energy(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the energy counters, which change all the time while the EV charges."""
+    ev = state["ev"]
+    return {"ev": None if ev is None else {key: value for key, value in ev.items() if key != "energy_Wh"}}
+
+
+def save_due(saved: dict[str, Any] | None, state: dict[str, Any], power_changed: bool,
+             seconds_since_save: float) -> bool:
+    """Whether ``state`` should be written now, ``saved`` being what the file holds.
+
+    At once when the EV was plugged, unplugged or changed, or the power changed (so that an idle
+    register is on disk exactly); a register that only counted on waits for the interval.
+    """
+    if state == saved:
+        return False
+    if saved is None or power_changed or without_energy(state) != without_energy(saved):
+        return True
+    return seconds_since_save >= ENERGY_SAVE_INTERVAL_S
+
+
+def write_state_file(path: Path, state: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (old or new content, never torn), without waiting for the disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def restore(model: BoardModel, saved: Any) -> None:
