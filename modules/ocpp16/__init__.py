@@ -1,0 +1,298 @@
+"""ocpp16: the OCPP 1.6-J client module (the asyncio shell around the pure parts of this package).
+
+Boot (OCPP 1.6 ed2 §4.2): on every connection until a BootNotification was Accepted in this process the
+session is held (only Boot goes out) and CSMS calls are answered (SteVe sends GetConfiguration first);
+Pending retries Boot after ``interval``; Rejected answers nothing and retries Boot after ``interval``.
+After Accepted: heartbeats, the status of every connector, then whatever was queued. A reconnect after
+that sends no Boot (J §5.4), only the status snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from chargepoint import Module
+from chargepoint.module import RequiredConnection
+from chargepoint.timestamps import to_rfc3339, utc_now
+
+from .backoff import BackoffPolicy
+from .config_store import ConfigStore
+from .connection import OcppConnection
+from .endpoint import ConnectionSettings
+from .link import OcppLink, Outcome, when_done
+from .message_log import MessageLog
+from .metering import Metering
+from .operations import SUPPORTED_ACTIONS, CsmsOperations
+from .rpc import CallAborted, CallResult, IncomingCall, RpcSession
+from .status import StatusMachine, StatusNotice
+from .tokens import authorize_answer, unknown_answer
+from .transactions import TransactionBook, TransactionEventError
+
+
+class Ocpp16(Metering, Module):
+    async def init(self) -> None:
+        cfg = self.config
+        self.evse_connections: list[RequiredConnection] = list(self.requires["evse_manager"])
+        initial = cfg["ocpp_config_file"]
+        initial_path = None if initial is None else self._path(initial, self.config_dir)
+        self.store = ConfigStore.open(self.state_dir / "ocpp-configuration.json", initial_path, self.log,
+                                      runtime={"NumberOfConnectors": len(self.evse_connections)})
+        self.ocpp = self.store.config
+        self.rpc = RpcSession(call_timeout_s=float(cfg["call_timeout_s"]), supported_actions=SUPPORTED_ACTIONS)
+        self.connection = OcppConnection(self.connection_settings(), log=self.log)
+        log_path = None if cfg["message_log"] is None else self._path(cfg["message_log"], self.state_dir)
+        self.link = OcppLink(self.rpc, self.connection, self.log, self._incoming, self._connected,
+                             self._disconnected, MessageLog(log_path) if log_path else None)
+        self.status = StatusMachine(float(self.ocpp.int("MinimumStatusDuration")), cfg["charge_point_vendor"])
+        self.book = TransactionBook()
+        self.operations = CsmsOperations(self)
+        self.registration = "Unknown"
+        self.accepted_once = False
+        self.evse_by_id: dict[int, RequiredConnection] = {}
+        self.states: dict[int, dict[str, Any]] = {}
+        self.sessions: dict[int, dict[str, Any]] = {}
+        self.readings: dict[int, dict[str, Any]] = {}  # powermeter index (= evse_manager index) -> last reading
+        self.meter_index: dict[int, int] = {}  # evse_id -> index of its evse_manager connection
+        self.begin_readings: dict[str, dict[str, Any]] = {}  # session id -> reading at transaction start
+        meters = self.requires["powermeter"]
+        if meters and len(meters) != len(self.evse_connections):
+            raise ValueError(f"{self.id}: wire one powermeter per evse_manager, in the same order "
+                             f"({len(meters)} powermeters for {len(self.evse_connections)} EVSEs)")
+        for index, meter in enumerate(meters):
+            meter.subscribe("powermeter", lambda value, i=index: self.readings.__setitem__(i, value))
+        self.system_status: dict[str, dict[str, Any]] = {}
+        self._boot_retry: asyncio.Task[None] | None = None
+        self._heartbeat_changed = asyncio.Event()
+        for connection in self.evse_connections:
+            connection.subscribe("state", lambda value, c=connection: self._on_state(c, value))
+            connection.subscribe("session", self._on_session)
+            connection.subscribe("session_event", lambda value, c=connection: self._on_session_event(c, value))
+        for system in self.requires["system"]:
+            for var in ("firmware_update_status", "log_upload_status"):
+                system.subscribe(var, lambda value, var=var: self.operations.on_system_status(var, value))
+        self.provides["auth_validator"].serve("validate_token", self.validate_token)
+        self.provides["main"].serve("data_transfer", self.data_transfer)
+        self._publish_connection()
+
+    @staticmethod
+    def _path(text: str, base: Path) -> Path:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else base / path
+
+    def connection_settings(self) -> ConnectionSettings:
+        cfg, ocpp = self.config, self.ocpp
+        profile = max(int(cfg["security_profile"]), ocpp.int("SecurityProfile"))
+        key = ocpp.value("AuthorizationKey") or cfg["authorization_key"]
+        return ConnectionSettings(
+            cfg["csms_url"], cfg["charge_point_id"], security_profile=profile, authorization_key=key,
+            authorization_key_format=cfg["authorization_key_format"],
+            ping_interval_s=float(ocpp.int("WebSocketPingInterval")),
+            backoff=BackoffPolicy(float(ocpp.int("RetryBackoffWaitMinimum")),
+                                  float(ocpp.int("RetryBackoffRandomRange")), ocpp.int("RetryBackoffRepeatTimes")))
+
+    async def ready(self) -> None:
+        self.spawn(self.connection.run(), name=f"{self.id}-connection")
+        self.spawn(self.link.run_events(), name=f"{self.id}-events")
+        self.spawn(self.link.run_timers(), name=f"{self.id}-timers")
+        self.spawn(self._heartbeats(), name=f"{self.id}-heartbeat")
+        self.spawn(self._meter_values(), name=f"{self.id}-meter-values")
+        self.spawn(self._aligned_meter_values(), name=f"{self.id}-aligned-meter-values")
+        self.spawn(self._status_ticks(), name=f"{self.id}-status")
+
+    async def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.connection.close(), 3)
+
+    # -- connection and boot ------------------------------------------------------------------
+    @property
+    def accepted(self) -> bool:
+        return self.registration == "Accepted" and self.link.connected
+
+    def _publish_connection(self) -> None:
+        self.provides["main"].publish("connection", {
+            "connected": self.link.connected, "registration": self.registration,
+            "csms_url": self.connection.settings.url, "timestamp": utc_now()})
+
+    def _connected(self, number: int) -> None:
+        self._publish_connection()
+        if self.accepted_once:
+            self.rpc.release()
+            self.send_statuses(self.status.snapshot(datetime.now(UTC)))
+        else:
+            self.rpc.hold()
+            self.send_boot()
+
+    def _disconnected(self) -> None:
+        if self._boot_retry is not None:
+            self._boot_retry.cancel()
+        self._publish_connection()
+
+    def send_boot(self) -> None:
+        cfg = self.config
+        payload = {"chargePointVendor": cfg["charge_point_vendor"], "chargePointModel": cfg["charge_point_model"]}
+        if cfg["charge_point_serial"]:
+            payload["chargePointSerialNumber"] = cfg["charge_point_serial"]
+        if cfg["firmware_version"]:
+            payload["firmwareVersion"] = cfg["firmware_version"]
+        when_done(self.link.send("BootNotification", payload, urgent=True), self._boot_answered)
+
+    def _boot_answered(self, outcome: Outcome) -> None:
+        retry_s = float(self.config["boot_retry_s"])
+        if isinstance(outcome, CallResult) and outcome.problem is None:
+            status, interval = outcome.payload["status"], int(outcome.payload["interval"])
+            self.registration = status
+            self.log.info("BootNotification answered", status=status, interval=interval)
+            self._publish_connection()
+            if status == "Accepted":
+                self.accepted_once = True
+                if interval > 0:
+                    self._set_config("HeartbeatInterval", interval)
+                self.rpc.release()
+                self.send_statuses(self.status.snapshot(datetime.now(UTC)))
+                if self.requires["system"]:
+                    self.spawn(self.requires["system"][0].try_call("set_system_time",
+                                                                   time=self._utc(outcome.payload["currentTime"])))
+                return
+            retry_s = float(interval) if interval > 0 else retry_s
+        elif isinstance(outcome, CallAborted):
+            return  # the connection dropped: Boot goes out again on the next connection
+        if self.accepted_once and self.registration == "Accepted":
+            return  # a triggered Boot that failed changes nothing
+        self._schedule_boot(retry_s)
+
+    def _schedule_boot(self, delay_s: float) -> None:
+        if self._boot_retry is not None:
+            self._boot_retry.cancel()
+
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            if self.link.connected:
+                self.send_boot()
+
+        self._boot_retry = asyncio.create_task(later())
+
+    @staticmethod
+    def _utc(text: str) -> str:
+        from chargepoint.timestamps import parse_rfc3339
+        return to_rfc3339(parse_rfc3339(text))
+
+    def _set_config(self, key: str, value: int) -> None:
+        try:
+            self.store.set(key, value)
+        except (ValueError, OSError) as exc:
+            self.log.warning("configuration value not set", key=key, error=str(exc))
+        self._heartbeat_changed.set()
+
+    def _incoming(self, call: IncomingCall) -> None:
+        if self.registration == "Rejected" and not self.accepted_once:
+            self.log.info("CSMS call not answered: BootNotification was rejected", action=call.action)
+            return
+        self.spawn(self.operations.handle(call), name=f"{self.id}-{call.action}")
+
+    # -- station -> CSMS ----------------------------------------------------------------------
+    def send_statuses(self, notices: list[StatusNotice]) -> None:
+        if not self.accepted:
+            return
+        for notice in notices:
+            self.link.send("StatusNotification", notice.payload())
+
+    async def _heartbeats(self) -> None:
+        while True:
+            interval = self.ocpp.int("HeartbeatInterval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_changed.wait(), interval if interval > 0 else None)
+                self._heartbeat_changed.clear()
+                continue
+            if self.accepted:
+                self.link.send("Heartbeat", {})
+
+    async def _status_ticks(self) -> None:
+        while True:
+            due = self.status.next_due()
+            await asyncio.sleep(0.5 if due is None else max(0.05, (due - datetime.now(UTC)).total_seconds()))
+            self.send_statuses(self.status.tick(datetime.now(UTC)))
+
+    # -- the EVSEs --------------------------------------------------------------------------------
+    def _on_state(self, connection: RequiredConnection, state: dict[str, Any]) -> None:
+        self.evse_by_id[state["evse_id"]] = connection
+        self.meter_index[state["evse_id"]] = self.evse_connections.index(connection)
+        self.states[state["evse_id"]] = state
+        self.send_statuses(self.status.update_evse(state, datetime.now(UTC)))
+
+    def _on_session(self, session: dict[str, Any]) -> None:
+        self.sessions[session["evse_id"]] = session
+
+    def _on_session_event(self, connection: RequiredConnection, event: dict[str, Any]) -> None:
+        self.evse_by_id[event["evse_id"]] = connection
+        try:
+            if event["type"] == "transaction_started":
+                self._start_transaction(connection, event)
+            elif event["type"] == "transaction_finished":
+                stop = self.book.finished(event, self._stop_transaction_data(event))
+                if stop is not None:
+                    self._send_stop(stop)
+        except TransactionEventError as exc:
+            self.log.error("session event not sent to the CSMS", session_id=event.get("session_id"), error=str(exc))
+
+    def _start_transaction(self, connection: RequiredConnection, event: dict[str, Any]) -> None:
+        payload = self.book.started(event)
+        session_id = event["session_id"]
+        begin = self._current_reading(event["evse_id"])
+        if begin is not None:
+            self.begin_readings[session_id] = {**begin, "timestamp": event["timestamp"]}
+        future = self.link.send("StartTransaction", payload, transactional=True,
+                                attempts=self.ocpp.int("TransactionMessageAttempts"))
+
+        def answered(outcome: Outcome) -> None:
+            if not isinstance(outcome, CallResult) or "transactionId" not in outcome.payload:
+                self.log.error("StartTransaction not answered; its StopTransaction waits", session_id=session_id)
+                return
+            stop = self.book.start_answered(session_id, int(outcome.payload["transactionId"]))
+            status = outcome.payload.get("idTagInfo", {}).get("status")
+            self.log.info("transaction started", session_id=session_id,
+                          transaction_id=outcome.payload["transactionId"], id_tag_status=status)
+            if stop is not None:
+                self._send_stop(stop)
+            elif status != "Accepted" and self.ocpp.bool("StopTransactionOnInvalidId"):
+                self.spawn(connection.try_call("stop_transaction", reason="DeAuthorized"))
+
+        when_done(future, answered)
+
+    def _send_stop(self, stop: dict[str, Any]) -> None:
+        self.log.info("transaction stopped", transaction_id=stop["transactionId"], reason=stop.get("reason"))
+        self.link.send("StopTransaction", stop, transactional=True,
+                       attempts=self.ocpp.int("TransactionMessageAttempts"))
+
+    # -- served cmds -------------------------------------------------------------------------------
+    async def validate_token(self, id_token: str, token_type: str) -> dict[str, Any]:
+        if len(id_token) > 20:
+            return unknown_answer("longer than an OCPP 1.6 idTag (20 characters)")
+        if not self.accepted:
+            return unknown_answer("CSMS not connected or BootNotification not accepted")
+        future = self.link.send("Authorize", {"idTag": id_token})
+        try:  # the answer must come within the validator's own cmd timeout, even behind queued CALLs
+            outcome = await asyncio.wait_for(asyncio.shield(future), float(self.config["call_timeout_s"]))
+        except TimeoutError:
+            return unknown_answer("no answer from the CSMS in time")
+        return authorize_answer(outcome)
+
+    async def data_transfer(self, vendor_id: str, message_id: str | None, data: str | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"vendorId": vendor_id}
+        if message_id is not None:
+            payload["messageId"] = message_id
+        if data is not None:
+            payload["data"] = data
+        if not self.accepted:
+            return {"status": "Offline", "data": None}
+        outcome = await self.link.send("DataTransfer", payload)
+        if not isinstance(outcome, CallResult) or "status" not in outcome.payload:
+            return {"status": "Offline", "data": None}
+        data_out = outcome.payload.get("data")
+        return {"status": outcome.payload["status"], "data": data_out if isinstance(data_out, str) else None}
+
+
+module_class = Ocpp16
