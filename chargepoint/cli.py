@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from chargepoint import __version__
+from chargepoint.csmscli import add_csms_parser, run_csms
 from chargepoint.logs import EventLogger, setup_logging
 from chargepoint.simcli import add_sim_parser, run_sim
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
     add_sim_parser(sub)
+    add_csms_parser(sub)
     return parser
 
 
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_module_run(args)
     if args.command == "sim":
         return run_sim(args)
+    if args.command == "csms":
+        return run_csms(args)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
