@@ -7,6 +7,8 @@ reservation) on a real broker.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -214,8 +216,7 @@ def test_reservation_honoured_refused_and_expired(broker: Broker, tmp_path: Path
 
 
 def test_two_evses_one_reader_plug_events(broker: Broker, tmp_path: Path) -> None:
-    path = write_wiring(tmp_path, broker.port,
-                        station_modules(tmp_path, 2, auth_config=", selection_algorithm: PlugEvents"))
+    path = two_evse_station(broker, tmp_path, "PlugEvents")
 
     async def scenario() -> None:
         async with running_station(path), BusProbe(broker.host, broker.port) as probe:
@@ -232,16 +233,28 @@ def test_two_evses_one_reader_plug_events(broker: Broker, tmp_path: Path) -> Non
     run(scenario())
 
 
+def two_evse_station(broker: Broker, tmp_path: Path, algorithm: str) -> Path:
+    return write_wiring(tmp_path, broker.port,
+                        station_modules(tmp_path, 2, auth_config=f", selection_algorithm: {algorithm}"))
+
+
+@asynccontextmanager
+async def both_plugged(broker: Broker, path: Path) -> AsyncIterator[tuple[Lab, BusProbe]]:
+    """The station of ``path`` running, with an EV plugged into each of its two EVSEs."""
+    async with running_station(path), BusProbe(broker.host, broker.port) as probe:
+        lab = Lab(probe, 2)
+        await lab.plug(1)
+        await lab.plug(2)
+        await lab.wait_charger_state(1, "waiting_for_authorization")
+        await lab.wait_charger_state(2, "waiting_for_authorization")
+        yield lab, probe
+
+
 def test_two_evses_one_reader_find_first(broker: Broker, tmp_path: Path) -> None:
-    path = write_wiring(tmp_path, broker.port,
-                        station_modules(tmp_path, 2, auth_config=", selection_algorithm: FindFirst"))
+    path = two_evse_station(broker, tmp_path, "FindFirst")
 
     async def scenario() -> None:
-        async with running_station(path), BusProbe(broker.host, broker.port) as probe:
-            lab = Lab(probe, 2)
-            await lab.plug(1)
-            await lab.plug(2)
-            await lab.wait_charger_state(2, "waiting_for_authorization")
+        async with both_plugged(broker, path) as (lab, _probe):
             await lab.swipe("AA11")
             assert (await lab.wait_event(1, "transaction_started"))["id_token"] == "AA11"
             await lab.swipe("CC33")
@@ -251,15 +264,10 @@ def test_two_evses_one_reader_find_first(broker: Broker, tmp_path: Path) -> None
 
 
 def test_two_evses_one_reader_user_input(broker: Broker, tmp_path: Path) -> None:
-    path = write_wiring(tmp_path, broker.port,
-                        station_modules(tmp_path, 2, auth_config=", selection_algorithm: UserInput"))
+    path = two_evse_station(broker, tmp_path, "UserInput")
 
     async def scenario() -> None:
-        async with running_station(path), BusProbe(broker.host, broker.port) as probe:
-            lab = Lab(probe, 2)
-            await lab.plug(1)
-            await lab.plug(2)
-            await lab.wait_charger_state(2, "waiting_for_authorization")
+        async with both_plugged(broker, path) as (lab, probe):
             probe.watch("cp/auth/main/var/pending")
             await lab.swipe("AA11")
             pending = await probe.wait_for("cp/auth/main/var/pending", lambda p: b"AA11" in p)
