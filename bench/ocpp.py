@@ -6,7 +6,10 @@ jsonschema validation (``ocpp.messages._validate_payload``, the synchronous core
 ``validate_payload``, validators cached as the package does) and ``Call.to_json()``; also the public
 ``await validate_payload(...)``, which runs the same check in a thread executor. Prints µs per message
 (median of interleaved rounds) and the ratio; goal ≥ 10x.
-Usage: .venv/bin/python bench/ocpp.py [--messages 2000]
+Then, in the same run, the station figures of ``bench/ocpp_station.py``: resident memory of config/sil.yaml with
+OCPP booted (goal ≤ 60 MB), spawn -> BootNotification (goal ≤ 1 s), plug-in -> StatusNotification(Preparing)
+as a multiple of the bus cmd round trip.
+Usage: .venv/bin/python bench/ocpp.py [--messages 2000] [--starts 5] [--cycles 100]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path[:] = [str(ROOT), *(entry for entry in sys.path if Path(entry or ".").re
 
 from ocpp.messages import Call, _validate_payload, validate_payload  # noqa: E402
 
+from bench.ocpp_station import station_figures  # noqa: E402
 from modules.ocpp16.rpc import encode_call  # noqa: E402
 
 BATCHES = 7
@@ -100,6 +104,8 @@ async def ocpp_package_async_us(payloads: list[dict[str, Any]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per batch (default 2000)")
+    parser.add_argument("--starts", type=int, default=5, help="station starts timed to BootNotification (default 5)")
+    parser.add_argument("--cycles", type=int, default=100, help="plug/unplug cycles (default 100)")
     args = parser.parse_args()
     payloads = [meter_values(counter) for counter in range(args.messages)]
     assert ours(payloads[0], "x") == ocpp_package(payloads[0], "x"), "both paths must produce the same frame"
@@ -111,7 +117,9 @@ def main() -> None:
     print(f"  ocpp package (jsonschema Draft4, sync core)        {baseline_us:8.1f} µs")
     print(f"  ocpp package (await validate_payload, executor)    {async_us:8.1f} µs")
     print(f"  ratio ocpp package / ours: {ratio:.1f}x (median of the per-round ratios; goal >= 10x); "
-          f"with the executor: {async_us / our_us:.1f}x")
+          f"with the executor: {async_us / our_us:.1f}x", flush=True)
+    station_figures(args.starts, args.cycles)
+
 
 if __name__ == "__main__":
     main()
