@@ -334,19 +334,23 @@ class ModuleRuntime:
         except Exception as exc:
             return self._handler_failed(reply_to, call_id, cmd, exc)
         if inspect.isawaitable(result):
-            self.spawn(self._finish(reply_to, call_id, spec, result))
+            # The handler's coroutine runs as its own task: cancelled at shutdown before it started,
+            # it is closed cleanly, and its failure is a reply, never a module crash.
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(lambda done: self._handler_done(done, reply_to, call_id, spec))
         else:
             self._reply_result(reply_to, call_id, spec, result)
 
-    async def _finish(self, reply_to: str, call_id: str, spec: CmdSpec, pending: Awaitable[Any]) -> None:
-        try:
-            result = await pending
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._handler_failed(reply_to, call_id, spec.name, exc)
+    def _handler_done(self, task: asyncio.Future[Any], reply_to: str, call_id: str, spec: CmdSpec) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
+        if task.cancelled():
             return
-        self._reply_result(reply_to, call_id, spec, result)
+        exc = task.exception()
+        if isinstance(exc, Exception):
+            self._handler_failed(reply_to, call_id, spec.name, exc)
+        elif exc is None:
+            self._reply_result(reply_to, call_id, spec, task.result())
 
     def _handler_failed(self, reply_to: str, call_id: str, cmd: str, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
