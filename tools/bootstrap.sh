@@ -57,3 +57,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT$extras"
     echo "$want" > "$stamp"
 fi
+
+# The strict ocpp-rpc central system the tests use as a second CSMS peer (tests/test_ocpp16_ocpp_rpc.py).
+PEER="$ROOT/tests/peers/ocpp-rpc"
+if [ "$FLAVOUR" = "test" ]; then
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        say "node/npm not found: the ocpp-rpc peer tests will be skipped"
+    elif [ ! -d "$PEER/node_modules" ] || [ "$PEER/package-lock.json" -nt "$PEER/node_modules" ]; then
+        say "installing the ocpp-rpc test peer into $PEER/node_modules"
+        if npm ci --prefix "$PEER" --no-audit --no-fund >/dev/null; then
+            touch "$PEER/node_modules"
+        else
+            say "npm ci failed: the ocpp-rpc peer tests will be skipped"
+        fi
+    fi
+fi
