@@ -180,6 +180,6 @@ def check(schema: Schema, value: Any) -> str | None:
     """Validate ``value`` and fill in defaults; return a message on failure, None when valid."""
     try:
         validator(schema)(value)
-    except fastjsonschema.JsonSchemaException as exc:
-        return str(exc.message)
+    except fastjsonschema.JsonSchemaException as exc:  # also an invalid schema: it has no .message
+        return str(getattr(exc, "message", exc))
     return None

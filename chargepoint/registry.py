@@ -134,7 +134,8 @@ class ModuleRegistry:
     """Finds modules by name on the search path and loads their code."""
 
     def __init__(self, module_paths: list[Path] | None = None) -> None:
-        self.search_dirs = [Path(p) for p in (module_paths or [])] + builtin_dirs()
+        self.builtin = builtin_dirs()
+        self.search_dirs = [Path(p) for p in (module_paths or [])] + self.builtin
         self._cache: dict[str, ModuleInfo | None] = {}
 
     def find(self, name: str) -> ModuleInfo | None:
@@ -146,7 +147,7 @@ class ModuleRegistry:
         for folder in self.search_dirs:
             candidate = folder / name
             if (candidate / "manifest.yaml").is_file():
-                origin = "builtin" if folder in builtin_dirs() else "path"
+                origin = "builtin" if folder in self.builtin else "path"
                 return ModuleInfo(name, candidate, read_manifest(candidate), origin)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == name:
