@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from chargepoint.timestamps import parse_rfc3339, utc_now
 
 from .commands import fill_command, run_command
-from .jobs import Action, FirmwarePhase, FirmwareUpdate, Install, PublishStatus, Restart, StartAttempt, Wait
+from .driver import Step, run_actions
+from .jobs import Action, FirmwarePhase, FirmwareUpdate, Install, PublishStatus, Restart, StartAttempt
 from .locations import Location, LocationError, firmware_file_name, parse_location, redact_text
 from .transfer import TransferCancelled, TransferFailed, download, in_thread
 
@@ -107,21 +107,13 @@ class FirmwareRunner:
         task.add_done_callback(context.tasks.discard)
 
     async def _run(self, context: FirmwareContext, actions: list[Action]) -> None:
-        queue = deque(actions)
+        steps: dict[type, Step] = {
+            StartAttempt: lambda action: self._download(context, action.attempt),
+            Install: lambda action: self._install(context),
+            Restart: lambda action: self._restart(context, action.mode),
+        }
         try:
-            while queue:
-                action = queue.popleft()
-                if isinstance(action, PublishStatus):
-                    self._publish(context, action)
-                elif isinstance(action, Wait):
-                    await asyncio.sleep(action.seconds)
-                    queue.extend(context.job.timer_expired())
-                elif isinstance(action, StartAttempt):
-                    queue.extend(await self._download(context, action.attempt))
-                elif isinstance(action, Install):
-                    queue.extend(await self._install(context))
-                elif isinstance(action, Restart):
-                    await self._restart(context, action.mode)
+            await run_actions(actions, context.job, lambda status: self._publish(context, status), steps)
         except Exception as exc:
             # A bug here must show up as a failed update, not as a module restart in the middle of it.
             self.host.log.error("firmware update failed unexpectedly", exc_info=True, request_id=context.request_id)

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import threading
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,8 @@ from chargepoint.timestamps import parse_rfc3339, utc_now
 
 from .bundle import BundleRequest, build_bundle
 from .commands import fill_command, run_command
-from .jobs import Action, LogUpload, PublishStatus, StartAttempt, UploadPhase, Wait
+from .driver import Step, run_actions
+from .jobs import Action, LogUpload, PublishStatus, StartAttempt, UploadPhase
 from .locations import Location, LocationError, log_archive_name, parse_location, redact_text
 from .transfer import TransferCancelled, TransferFailed, in_thread, upload
 
@@ -86,17 +86,9 @@ class UploadRunner:
             context.task.cancel()
 
     async def _run(self, context: UploadContext) -> None:
-        queue: deque[Action] = deque(context.job.start())
+        steps: dict[type, Step] = {StartAttempt: lambda action: self._attempt(context, action.attempt)}
         try:
-            while queue:
-                action = queue.popleft()
-                if isinstance(action, PublishStatus):
-                    self._publish(context, action)
-                elif isinstance(action, Wait):
-                    await asyncio.sleep(action.seconds)
-                    queue.extend(context.job.timer_expired())
-                elif isinstance(action, StartAttempt):
-                    queue.extend(await self._attempt(context, action.attempt))
+            await run_actions(context.job.start(), context.job, lambda status: self._publish(context, status), steps)
         except Exception as exc:
             # A bug here must show up as a failed upload, not as a module restart.
             self.host.log.error("log upload failed unexpectedly", exc_info=True, request_id=context.request_id)
