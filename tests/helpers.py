@@ -78,6 +78,10 @@ COUNTER_AND_CLIENT = """\
 """
 
 
+COUNTER_STANDALONE_AND_CLIENT = COUNTER_AND_CLIENT.replace(
+    "    module: example_counter\n", "    module: example_counter\n    standalone: true\n")
+
+
 @asynccontextmanager
 async def running_station(path: Path, ready_timeout: float = 15.0) -> AsyncIterator[object]:
     """Run the station of ``path`` in this event loop until the block ends."""

@@ -10,7 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import COUNTER_AND_CLIENT, EXAMPLE, ROOT, Broker, chargepoint_cmd, run, subprocess_env, write_wiring
+from helpers import (
+    COUNTER_AND_CLIENT,
+    COUNTER_STANDALONE_AND_CLIENT,
+    EXAMPLE,
+    ROOT,
+    Broker,
+    chargepoint_cmd,
+    run,
+    subprocess_env,
+    write_wiring,
+)
 
 from chargepoint.broker.launch import free_port
 from chargepoint.busprobe import BusProbe
@@ -35,9 +45,7 @@ def stop_station(process: subprocess.Popen[str], timeout: float = 10) -> tuple[i
 
 
 def test_run_then_sigterm_stops_everything_cleanly(broker: Broker, tmp_path: Path) -> None:
-    modules = COUNTER_AND_CLIENT.replace("    module: example_counter\n",
-                                         "    module: example_counter\n    standalone: true\n")
-    path = write_wiring(tmp_path, broker.port, modules)
+    path = write_wiring(tmp_path, broker.port, COUNTER_STANDALONE_AND_CLIENT)
     process = start_station(path)
 
     async def until_ready() -> None:

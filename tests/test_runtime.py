@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import COUNTER_AND_CLIENT, Broker, run, running_station, write_wiring
+from helpers import COUNTER_AND_CLIENT, COUNTER_STANDALONE_AND_CLIENT, Broker, run, running_station, write_wiring
 
 from chargepoint import CmdError
 from chargepoint.busprobe import BusProbe
@@ -170,9 +170,7 @@ def test_broker_restart_mid_run(broker: Broker, tmp_path: Path) -> None:
 
 
 def test_standalone_module_in_its_own_process(broker: Broker, tmp_path: Path) -> None:
-    modules = COUNTER_AND_CLIENT.replace("    module: example_counter\n",
-                                         "    module: example_counter\n    standalone: true\n")
-    path = write_wiring(tmp_path, broker.port, modules)
+    path = write_wiring(tmp_path, broker.port, COUNTER_STANDALONE_AND_CLIENT)
 
     async def scenario() -> None:
         async with running_station(path, ready_timeout=20) as manager, \
@@ -271,9 +269,7 @@ def test_module_failing_in_init_is_retried_with_backoff_while_others_serve(broke
 
 
 def test_killed_standalone_module_goes_offline_and_is_restarted(broker: Broker, tmp_path: Path) -> None:
-    modules = COUNTER_AND_CLIENT.replace("    module: example_counter\n",
-                                         "    module: example_counter\n    standalone: true\n")
-    path = write_wiring(tmp_path, broker.port, modules)
+    path = write_wiring(tmp_path, broker.port, COUNTER_STANDALONE_AND_CLIENT)
 
     async def scenario() -> None:
         async with running_station(path, ready_timeout=20) as manager, \
