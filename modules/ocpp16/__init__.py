@@ -1,10 +1,7 @@
 """ocpp16: the OCPP 1.6-J client module (the asyncio shell around the pure parts of this package).
 
-Boot (OCPP 1.6 ed2 §4.2): on every connection until a BootNotification was Accepted in this process the
-session is held (only Boot goes out) and CSMS calls are answered (SteVe sends GetConfiguration first);
-Pending retries Boot after ``interval``; Rejected answers nothing and retries Boot after ``interval``.
-After Accepted: heartbeats, the status of every connector, then whatever was queued. A reconnect after
-that sends no Boot (J §5.4), only the status snapshot.
+Registration (when Boot goes out, what is held until Accepted) is decided by :mod:`.boot`; transactions by
+:mod:`.transactions`; status notifications by :mod:`.status`; CSMS operations live in :mod:`.operations`.
 """
 
 from __future__ import annotations
@@ -20,6 +17,17 @@ from chargepoint.module import RequiredConnection
 from chargepoint.timestamps import to_rfc3339, utc_now
 
 from .backoff import BackoffPolicy
+from .boot import (
+    ApplyCsmsTime,
+    ApplyHeartbeatInterval,
+    BootAction,
+    BootCore,
+    HoldSession,
+    RegistrationChanged,
+    ReleaseSession,
+    SendBoot,
+    SendStatusSnapshot,
+)
 from .config_store import ConfigStore
 from .connection import OcppConnection
 from .endpoint import ConnectionSettings
@@ -50,8 +58,8 @@ class Ocpp16(Metering, Module):
         self.status = StatusMachine(float(self.ocpp.int("MinimumStatusDuration")), cfg["charge_point_vendor"])
         self.book = TransactionBook()
         self.operations = CsmsOperations(self)
-        self.registration = "Unknown"
-        self.accepted_once = False
+        self.boot = BootCore(float(cfg["boot_retry_s"]))
+        self._boot_changed = asyncio.Event()
         self.evse_by_id: dict[int, RequiredConnection] = {}
         self.states: dict[int, dict[str, Any]] = {}
         self.sessions: dict[int, dict[str, Any]] = {}
@@ -65,7 +73,6 @@ class Ocpp16(Metering, Module):
         for index, meter in enumerate(meters):
             meter.subscribe("powermeter", lambda value, i=index: self.readings.__setitem__(i, value))
         self.system_status: dict[str, dict[str, Any]] = {}
-        self._boot_retry: asyncio.Task[None] | None = None
         self._heartbeat_changed = asyncio.Event()
         for connection in self.evse_connections:
             connection.subscribe("state", lambda value, c=connection: self._on_state(c, value))
@@ -102,6 +109,7 @@ class Ocpp16(Metering, Module):
         self.spawn(self._meter_values(), name=f"{self.id}-meter-values")
         self.spawn(self._aligned_meter_values(), name=f"{self.id}-aligned-meter-values")
         self.spawn(self._status_ticks(), name=f"{self.id}-status")
+        self.spawn(self._boot_retries(), name=f"{self.id}-boot")
 
     async def shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -110,7 +118,11 @@ class Ocpp16(Metering, Module):
     # -- connection and boot ------------------------------------------------------------------
     @property
     def accepted(self) -> bool:
-        return self.registration == "Accepted" and self.link.connected
+        return self.boot.may_send and self.link.connected
+
+    @property
+    def registration(self) -> str:
+        return self.boot.registration
 
     def _publish_connection(self) -> None:
         self.provides["main"].publish("connection", {
@@ -119,17 +131,15 @@ class Ocpp16(Metering, Module):
 
     def _connected(self, number: int) -> None:
         self._publish_connection()
-        if self.accepted_once:
-            self.rpc.release()
-            self.send_statuses(self.status.snapshot(datetime.now(UTC)))
-        else:
-            self.rpc.hold()
-            self.send_boot()
+        self._carry_out(self.boot.on_connected(self._now()))
 
     def _disconnected(self) -> None:
-        if self._boot_retry is not None:
-            self._boot_retry.cancel()
+        self._carry_out(self.boot.on_disconnected())
         self._publish_connection()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
 
     def send_boot(self) -> None:
         cfg = self.config
@@ -141,39 +151,43 @@ class Ocpp16(Metering, Module):
         when_done(self.link.send("BootNotification", payload, urgent=True), self._boot_answered)
 
     def _boot_answered(self, outcome: Outcome) -> None:
-        retry_s = float(self.config["boot_retry_s"])
-        if isinstance(outcome, CallResult) and outcome.problem is None:
+        if isinstance(outcome, CallAborted):
+            self._carry_out(self.boot.on_boot_aborted())
+        elif isinstance(outcome, CallResult) and outcome.problem is None:
             status, interval = outcome.payload["status"], int(outcome.payload["interval"])
-            self.registration = status
             self.log.info("BootNotification answered", status=status, interval=interval)
-            self._publish_connection()
-            if status == "Accepted":
-                self.accepted_once = True
-                if interval > 0:
-                    self._set_config("HeartbeatInterval", interval)
+            self._carry_out(self.boot.on_boot_answered(status, interval, outcome.payload["currentTime"], self._now()))
+        else:
+            self._carry_out(self.boot.on_boot_failed(self._now()))
+        self._boot_changed.set()
+
+    def _carry_out(self, actions: list[BootAction]) -> None:
+        for action in actions:
+            if isinstance(action, SendBoot):
+                self.send_boot()
+            elif isinstance(action, HoldSession):
+                self.rpc.hold()
+            elif isinstance(action, ReleaseSession):
                 self.rpc.release()
+            elif isinstance(action, SendStatusSnapshot):
                 self.send_statuses(self.status.snapshot(datetime.now(UTC)))
+            elif isinstance(action, ApplyHeartbeatInterval):
+                self._set_config("HeartbeatInterval", action.interval_s)
+            elif isinstance(action, ApplyCsmsTime):
                 if self.requires["system"]:
                     self.spawn(self.requires["system"][0].try_call("set_system_time",
-                                                                   time=self._utc(outcome.payload["currentTime"])))
-                return
-            retry_s = float(interval) if interval > 0 else retry_s
-        elif isinstance(outcome, CallAborted):
-            return  # the connection dropped: Boot goes out again on the next connection
-        if self.accepted_once and self.registration == "Accepted":
-            return  # a triggered Boot that failed changes nothing
-        self._schedule_boot(retry_s)
+                                                                   time=self._utc(action.current_time)))
+            elif isinstance(action, RegistrationChanged):
+                self._publish_connection()
 
-    def _schedule_boot(self, delay_s: float) -> None:
-        if self._boot_retry is not None:
-            self._boot_retry.cancel()
-
-        async def later() -> None:
-            await asyncio.sleep(delay_s)
-            if self.link.connected:
-                self.send_boot()
-
-        self._boot_retry = asyncio.create_task(later())
+    async def _boot_retries(self) -> None:
+        while True:
+            retry_at = self.boot.retry_at
+            timeout = None if retry_at is None else max(0.0, retry_at - self._now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._boot_changed.wait(), timeout)
+            self._boot_changed.clear()
+            self._carry_out(self.boot.poll(self._now()))
 
     @staticmethod
     def _utc(text: str) -> str:
@@ -188,7 +202,7 @@ class Ocpp16(Metering, Module):
         self._heartbeat_changed.set()
 
     def _incoming(self, call: IncomingCall) -> None:
-        if self.registration == "Rejected" and not self.accepted_once:
+        if not self.boot.answers_csms_calls:
             self.log.info("CSMS call not answered: BootNotification was rejected", action=call.action)
             return
         self.spawn(self.operations.handle(call), name=f"{self.id}-{call.action}")
