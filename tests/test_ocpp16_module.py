@@ -136,3 +136,15 @@ def test_blocked_tag_is_refused_and_invalid_start_is_deauthorized(broker: Broker
         assert (start["idTag"], stop["transactionId"], stop["reason"]) == ("CC33", 4711, "DeAuthorized")
 
     in_ocpp_station(broker, tmp_path, scenario, csms=csms)
+
+
+def test_fault_status_carries_the_error_text_in_info(broker: Broker, tmp_path: Path) -> None:
+    async def scenario(csms: Csms, lab: Lab) -> None:
+        await csms.wait_call("StatusNotification", lambda p: p["connectorId"] == 1)
+        await lab.fault(1, "rcd")
+        faulted = await csms.wait_call("StatusNotification", lambda p: p["status"] == "Faulted")
+        assert faulted["connectorId"] == 1
+        assert faulted["errorCode"] == "GroundFailure"
+        assert "rcd" in faulted.get("info", "").lower(), faulted
+
+    in_ocpp_station(broker, tmp_path, scenario)

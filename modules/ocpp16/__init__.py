@@ -63,6 +63,7 @@ class Ocpp16(Metering, Module):
         self.evse_by_id: dict[int, RequiredConnection] = {}
         self.states: dict[int, dict[str, Any]] = {}
         self.sessions: dict[int, dict[str, Any]] = {}
+        self.error_messages: dict[int, dict[str, str]] = {}  # evse_manager index -> error type -> message
         self.readings: dict[int, dict[str, Any]] = {}  # powermeter index (= evse_manager index) -> last reading
         self.meter_index: dict[int, int] = {}  # evse_id -> index of its evse_manager connection
         self.begin_readings: dict[str, dict[str, Any]] = {}  # session id -> reading at transaction start
@@ -78,6 +79,7 @@ class Ocpp16(Metering, Module):
             connection.subscribe("state", lambda value, c=connection: self._on_state(c, value))
             connection.subscribe("session", self._on_session)
             connection.subscribe("session_event", lambda value, c=connection: self._on_session_event(c, value))
+            connection.on_error(lambda kind, body, c=connection: self._on_evse_error(c, kind, body))
         for system in self.requires["system"]:
             for var in ("firmware_update_status", "log_upload_status"):
                 system.subscribe(var, lambda value, var=var: self.operations.on_system_status(var, value))
@@ -235,7 +237,16 @@ class Ocpp16(Metering, Module):
         self.evse_by_id[state["evse_id"]] = connection
         self.meter_index[state["evse_id"]] = self.evse_connections.index(connection)
         self.states[state["evse_id"]] = state
-        self.send_statuses(self.status.update_evse(state, datetime.now(UTC)))
+        messages = self.error_messages.get(self.evse_connections.index(connection), {})
+        self.send_statuses(self.status.update_evse(state, datetime.now(UTC), messages))
+
+    def _on_evse_error(self, connection: RequiredConnection, kind: str, body: Any) -> None:
+        """Error texts arrive before the state that lists the error; they go out as StatusNotification info."""
+        messages = self.error_messages.setdefault(self.evse_connections.index(connection), {})
+        if isinstance(body, dict) and body.get("active") and isinstance(body.get("message"), str):
+            messages[kind] = body["message"]
+        else:
+            messages.pop(kind, None)
 
     def _on_session(self, session: dict[str, Any]) -> None:
         self.sessions[session["evse_id"]] = session
