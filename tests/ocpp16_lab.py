@@ -80,6 +80,14 @@ class CentralSystem(ChargePoint):
     def meter_values(self, **_: Any) -> call_result.MeterValues:
         return call_result.MeterValues()
 
+    @on(Action.firmware_status_notification)
+    def firmware_status(self, **_: Any) -> call_result.FirmwareStatusNotification:
+        return call_result.FirmwareStatusNotification()
+
+    @on(Action.diagnostics_status_notification)
+    def diagnostics_status(self, **_: Any) -> call_result.DiagnosticsStatusNotification:
+        return call_result.DiagnosticsStatusNotification()
+
 
 class Csms:
     """Accepts stations on ``ws://127.0.0.1:<port>/<id>``; ``calls(action)`` lists what the station sent."""
@@ -143,15 +151,23 @@ class Csms:
 
 def ocpp_station(folder: Path, csms_port: int, *, evse_count: int = 1, with_system: bool = False,
                  with_reservation: bool = False, sample_interval_s: int = 1, aligned_interval_s: int = 0,
-                 with_meters: bool = True, ocpp_extra: str = "") -> str:
-    """Boards, EVSE managers, manual tokens, auth validating through ocpp16, and ocpp16 against the CSMS."""
+                 with_meters: bool = True, ocpp_extra: str = "", system_config: str = "",
+                 boards_without_lock: tuple[int, ...] = (), evse_config: str = "") -> str:
+    """Boards, EVSE managers, manual tokens, auth validating through ocpp16, and ocpp16 against the CSMS.
+
+    ``system_config``: the system module's config as a YAML flow mapping (with_system only);
+    ``boards_without_lock``: EVSE numbers whose simulated board has no connector lock.
+    """
     initial = folder / "ocpp16-initial.yaml"
     initial.write_text(f"values:\n  MeterValueSampleInterval: {sample_interval_s}\n  RetryBackoffWaitMinimum: 0\n"
                        f"  RetryBackoffRandomRange: 0\n  ClockAlignedDataInterval: {aligned_interval_s}\n"
                        "  MeterValuesSampledData: Energy.Active.Import.Register,Current.Import,Voltage\n"
                        "  StopTxnSampledData: Energy.Active.Import.Register\n")
     evses = ", ".join(f"evse_{i}.evse" for i in range(1, evse_count + 1))
-    text = "".join(evse_pair(i) for i in range(1, evse_count + 1))
+    text = "".join(evse_pair(i, evse_config=evse_config) for i in range(1, evse_count + 1))
+    for i in boards_without_lock:
+        text = text.replace(f"config: {{evse_id: {i}, time_scale", f"config: {{has_lock: false, evse_id: {i}, "
+                            "time_scale")
     text += (
         "  tokens:\n    module: token_manual\n"
         "  auth:\n    module: auth\n    config: {connection_timeout_s: 30, token_debounce_s: 0}\n"
@@ -173,6 +189,8 @@ def ocpp_station(folder: Path, csms_port: int, *, evse_count: int = 1, with_syst
         text += f"  reservation:\n    module: reservation\n    connections:\n      evse_manager: [{evses}]\n"
     if with_system:
         text += "  system:\n    module: system\n"
+        if system_config:
+            text += f"    config: {system_config}\n"
     return text
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from modules.ocpp16.message_log import MessageLog, masked, render_html
 from modules.ocpp16.rpc import CallResult, Timeout
@@ -22,27 +20,40 @@ def event(kind: str, session: str = "s1", **fields: Any) -> dict[str, Any]:
             "timestamp": "2026-01-01T10:00:00.000Z", **fields}
 
 
-def test_start_then_stop_carries_the_csms_transaction_id() -> None:
+def test_start_and_stop_payloads_leave_the_id_to_the_queue() -> None:
     book = TransactionBook()
     start = book.started(event("transaction_started", id_token="AA11", meter_Wh=1000.4, reservation_id=3))
     assert start == {"connectorId": 1, "idTag": "AA11", "meterStart": 1000, "timestamp": "2026-01-01T10:00:00.000Z",
                      "reservationId": 3}
     validate_request("StartTransaction", start)
-    assert book.start_answered("s1", 42) is None
+    book.start_answered("s1", 42)
     assert book.by_transaction_id(42) is not None
-    stop = book.finished(event("transaction_finished", meter_Wh=2500.6, reason="Local", stop_id_token="AA11"))
-    assert stop == {"meterStop": 2501, "timestamp": "2026-01-01T10:00:00.000Z", "reason": "Local",
-                    "idTag": "AA11", "transactionId": 42}
-    validate_request("StopTransaction", stop)
-    assert book.running() == []
+    messages = book.finished(event("transaction_finished", meter_Wh=2500.6, reason="Local", stop_id_token="AA11"))
+    assert messages == [("StopTransaction", {"meterStop": 2501, "timestamp": "2026-01-01T10:00:00.000Z",
+                                             "reason": "Local", "idTag": "AA11"})]
+    validate_request("StopTransaction", {**messages[0][1], "transactionId": 42})
+    assert book.running() == [] and book.finished(event("transaction_finished", meter_Wh=1, reason="Local")) == []
+    book.stop_delivered("s1")
+    assert book.all() == []
 
 
-def test_stop_before_the_start_was_answered_waits_for_the_id() -> None:
+def test_a_finish_the_book_never_saw_rebuilds_the_start_from_the_event() -> None:
     book = TransactionBook()
-    book.started(event("transaction_started", id_token="AA11", meter_Wh=0))
-    assert book.finished(event("transaction_finished", meter_Wh=10, reason="EVDisconnected")) is None
-    assert book.start_answered("s1", 7) == {"meterStop": 10, "timestamp": "2026-01-01T10:00:00.000Z",
-                                            "reason": "EVDisconnected", "transactionId": 7}
+    messages = book.finished(event("transaction_finished", id_token="AA11", meter_Wh=900, reason="PowerLoss",
+                                   transaction_started_at="2026-01-01T09:00:00.000Z", meter_start_Wh=1000))
+    assert [action for action, _ in messages] == ["StartTransaction", "StopTransaction"]
+    assert messages[0][1]["timestamp"] == "2026-01-01T09:00:00.000Z" and messages[0][1]["meterStart"] == 1000
+    assert messages[1][1]["meterStop"] == 1000, "meterStop never below meterStart"
+    with pytest.raises(TransactionEventError):
+        book.finished(event("transaction_finished", "s2", id_token="AA11", meter_Wh=5, reason="PowerLoss"))
+
+
+def test_resumed_transaction_unknown_to_the_book_is_started() -> None:
+    book = TransactionBook()
+    resumed = event("session_resumed", id_token="AA11", meter_Wh=1500, transaction_started_at="2026-01-01T09:00:00Z",
+                    meter_start_Wh=1000)
+    assert book.resumed(resumed)["meterStart"] == 1000
+    assert book.resumed(resumed) is None, "a known transaction is not started twice"
 
 
 @pytest.mark.parametrize("bad", [
@@ -56,29 +67,6 @@ def test_bad_start_events_are_refused_and_change_nothing(bad: dict[str, Any]) ->
     with pytest.raises(TransactionEventError):
         book.started(bad)
     assert book.running() == []
-
-
-@given(st.lists(st.tuples(st.sampled_from(["start", "answer", "stop"]), st.integers(0, 3)), max_size=40))
-def test_no_stop_ever_goes_out_without_the_csms_id(steps: list[tuple[str, int]]) -> None:
-    book, answered, stops = TransactionBook(), {}, []
-    for action, n in steps:
-        session = f"s{n}"
-        if action == "start":
-            try:
-                book.started(event("transaction_started", session, id_token="T", meter_Wh=n))
-            except TransactionEventError:
-                continue
-        elif action == "answer" and book.session(session) and session not in answered:
-            answered[session] = 100 + n
-            stop = book.start_answered(session, 100 + n)
-            stops += [stop] if stop else []
-        elif action == "stop":
-            stop = book.finished(event("transaction_finished", session, meter_Wh=n, reason="Local"))
-            stops += [stop] if stop else []
-    for stop in stops:
-        assert stop["transactionId"] >= 100
-        validate_request("StopTransaction", stop)
-    assert len({s["transactionId"] for s in stops}) == len(stops)
 
 
 def test_authorize_answers_map_to_validator_results() -> None:

@@ -17,6 +17,11 @@ def token_fields(authorization: Authorization) -> dict[str, Any]:
             "parent_id": authorization.parent_id}
 
 
+def start_facts(transaction: Transaction) -> dict[str, Any]:
+    """How the transaction began: lets a module that missed transaction_started (it restarted) report it."""
+    return {"transaction_started_at": to_rfc3339(transaction.started_at), "meter_start_Wh": transaction.meter_start_Wh}
+
+
 def session_event(config: EvseConfig, kind: str, session_id: str | None, at: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "session_id": session_id, "timestamp": at, "evse_id": config.evse_id,
             "connector_id": config.connector_id, **fields}

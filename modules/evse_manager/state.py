@@ -15,7 +15,14 @@ from .actions import Action, PersistSession, Publish, RequestEnergy, SetRelay
 from .availability import AvailabilityRequests
 from .limits import EnergyLimit
 from .model import NON_BLOCKING_ERRORS, Authorization, BoardFacts, EvseConfig, MeterReading, Session, Transaction
-from .sessions import session_event, session_from_record, session_record, session_view, token_fields
+from .sessions import (
+    session_event,
+    session_from_record,
+    session_record,
+    session_view,
+    start_facts,
+    token_fields,
+)
 
 
 class EvseState:
@@ -123,7 +130,8 @@ class EvseState:
         extra = {"details": details} if details else {}
         self._emit("transaction_finished", now, **token_fields(transaction.authorization),
                    meter_Wh=session.meter_stop_Wh, signed_meter_value=None, reason=reason,
-                   stop_id_token=stop_id_token, reservation_id=transaction.authorization.reservation_id, **extra)
+                   stop_id_token=stop_id_token, reservation_id=transaction.authorization.reservation_id,
+                   **start_facts(transaction), **extra)
         self._out.append(PersistSession(None))
 
     def _drop_authorization(self, kind: str, now: datetime) -> None:
@@ -171,7 +179,7 @@ class EvseState:
             self._persist(now)
             meter = self.meter.energy_Wh if self.meter.energy_Wh is not None else record["meter_last_Wh"]
             self._emit("session_resumed", now, **token_fields(self.authorization), meter_Wh=meter,
-                       reservation_id=self.authorization.reservation_id)
+                       reservation_id=self.authorization.reservation_id, **start_facts(transaction))
             return
         session = session_from_record(record)
         transaction = session.transaction
@@ -182,7 +190,7 @@ class EvseState:
         fields = token_fields(transaction.authorization)
         self._emit("transaction_finished", now, at=at, session_id=session.session_id, **fields,
                    meter_Wh=session.meter_stop_Wh, signed_meter_value=None, reason="PowerLoss", stop_id_token=None,
-                   reservation_id=transaction.authorization.reservation_id,
+                   reservation_id=transaction.authorization.reservation_id, **start_facts(transaction),
                    details=f"closed after a restart ({self.config.session_resume})")
         self._emit("session_finished", now, at=at, session_id=session.session_id)
         self._out.append(PersistSession(None))

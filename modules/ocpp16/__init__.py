@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from chargepoint import Module
 from chargepoint.module import RequiredConnection
 from chargepoint.timestamps import to_rfc3339, utc_now
 
+from .auth_store import AuthStore
+from .authorization import AuthFlags, decide, decide_offline
 from .backoff import BackoffPolicy
 from .boot import (
     ApplyCsmsTime,
@@ -35,13 +38,16 @@ from .link import OcppLink, Outcome, when_done
 from .message_log import MessageLog
 from .metering import Metering
 from .operations import SUPPORTED_ACTIONS, CsmsOperations
+from .queue_store import QueueStore
 from .rpc import CallAborted, CallResult, IncomingCall, RpcSession
 from .status import StatusMachine, StatusNotice
 from .tokens import authorize_answer, unknown_answer
-from .transactions import TransactionBook, TransactionEventError
+from .transacting import Transacting
+from .transactions import TransactionBook
+from .tx_sender import TransactionalSender
 
 
-class Ocpp16(Metering, Module):
+class Ocpp16(Transacting, Metering, Module):
     async def init(self) -> None:
         cfg = self.config
         self.evse_connections: list[RequiredConnection] = list(self.requires["evse_manager"])
@@ -56,8 +62,15 @@ class Ocpp16(Metering, Module):
         self.link = OcppLink(self.rpc, self.connection, self.log, self._incoming, self._connected,
                              self._disconnected, MessageLog(log_path) if log_path else None)
         self.status = StatusMachine(float(self.ocpp.int("MinimumStatusDuration")), cfg["charge_point_vendor"])
-        self.book = TransactionBook()
+        self.queue_store = QueueStore(self.state_dir / "ocpp-queue.sqlite3")
+        self.book = TransactionBook(self.queue_store.load_transactions())
+        self.sender = TransactionalSender(
+            self.queue_store, self.link, self.book, self.log, may_send=lambda: self.accepted,
+            attempts=lambda: self.ocpp.int("TransactionMessageAttempts"),
+            retry_interval_s=lambda: float(self.ocpp.int("TransactionMessageRetryInterval")),
+            on_start_answered=self._start_answered, max_messages=int(cfg["queue_max_messages"]))
         self.operations = CsmsOperations(self)
+        self.local_auth = AuthStore.open(self.state_dir / "authorization.sqlite3", self.log)
         self.boot = BootCore(float(cfg["boot_retry_s"]))
         self._boot_changed = asyncio.Event()
         self.evse_by_id: dict[int, RequiredConnection] = {}
@@ -112,10 +125,13 @@ class Ocpp16(Metering, Module):
         self.spawn(self._aligned_meter_values(), name=f"{self.id}-aligned-meter-values")
         self.spawn(self._status_ticks(), name=f"{self.id}-status")
         self.spawn(self._boot_retries(), name=f"{self.id}-boot")
+        self.spawn(self.sender.run(), name=f"{self.id}-transactional-queue")
 
     async def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.connection.close(), 3)
+        self.local_auth.close()
+        self.queue_store.close()
 
     # -- connection and boot ------------------------------------------------------------------
     @property
@@ -171,6 +187,7 @@ class Ocpp16(Metering, Module):
                 self.rpc.hold()
             elif isinstance(action, ReleaseSession):
                 self.rpc.release()
+                self.sender.wake.set()
             elif isinstance(action, SendStatusSnapshot):
                 self.send_statuses(self.status.snapshot(datetime.now(UTC)))
             elif isinstance(action, ApplyHeartbeatInterval):
@@ -251,59 +268,37 @@ class Ocpp16(Metering, Module):
     def _on_session(self, session: dict[str, Any]) -> None:
         self.sessions[session["evse_id"]] = session
 
-    def _on_session_event(self, connection: RequiredConnection, event: dict[str, Any]) -> None:
-        self.evse_by_id[event["evse_id"]] = connection
-        try:
-            if event["type"] == "transaction_started":
-                self._start_transaction(connection, event)
-            elif event["type"] == "transaction_finished":
-                stop = self.book.finished(event, self._stop_transaction_data(event))
-                if stop is not None:
-                    self._send_stop(stop)
-        except TransactionEventError as exc:
-            self.log.error("session event not sent to the CSMS", session_id=event.get("session_id"), error=str(exc))
-
-    def _start_transaction(self, connection: RequiredConnection, event: dict[str, Any]) -> None:
-        payload = self.book.started(event)
-        session_id = event["session_id"]
-        begin = self._current_reading(event["evse_id"])
-        if begin is not None:
-            self.begin_readings[session_id] = {**begin, "timestamp": event["timestamp"]}
-        future = self.link.send("StartTransaction", payload, transactional=True,
-                                attempts=self.ocpp.int("TransactionMessageAttempts"))
-
-        def answered(outcome: Outcome) -> None:
-            if not isinstance(outcome, CallResult) or "transactionId" not in outcome.payload:
-                self.log.error("StartTransaction not answered; its StopTransaction waits", session_id=session_id)
-                return
-            stop = self.book.start_answered(session_id, int(outcome.payload["transactionId"]))
-            status = outcome.payload.get("idTagInfo", {}).get("status")
-            self.log.info("transaction started", session_id=session_id,
-                          transaction_id=outcome.payload["transactionId"], id_tag_status=status)
-            if stop is not None:
-                self._send_stop(stop)
-            elif status != "Accepted" and self.ocpp.bool("StopTransactionOnInvalidId"):
-                self.spawn(connection.try_call("stop_transaction", reason="DeAuthorized"))
-
-        when_done(future, answered)
-
-    def _send_stop(self, stop: dict[str, Any]) -> None:
-        self.log.info("transaction stopped", transaction_id=stop["transactionId"], reason=stop.get("reason"))
-        self.link.send("StopTransaction", stop, transactional=True,
-                       attempts=self.ocpp.int("TransactionMessageAttempts"))
-
     # -- served cmds -------------------------------------------------------------------------------
     async def validate_token(self, id_token: str, token_type: str) -> dict[str, Any]:
+        """Local list and cache first (OCPP 1.6 §3.5, see authorization.py), else Authorize.req."""
         if len(id_token) > 20:
             return unknown_answer("longer than an OCPP 1.6 idTag (20 characters)")
-        if not self.accepted:
-            return unknown_answer("CSMS not connected or BootNotification not accepted")
-        future = self.link.send("Authorize", {"idTag": id_token})
-        try:  # the answer must come within the validator's own cmd timeout, even behind queued CALLs
-            outcome = await asyncio.wait_for(asyncio.shield(future), float(self.config["call_timeout_s"]))
-        except TimeoutError:
-            return unknown_answer("no answer from the CSMS in time")
-        return authorize_answer(outcome)
+        flags = AuthFlags.from_keys(self.ocpp.bool)
+        list_info, cache_info = self.local_auth.lookup(id_token, datetime.now(UTC))
+        local = decide(flags, online=self.accepted, list_info=list_info, cache_info=cache_info,
+                       now=datetime.now(UTC))
+        if local is None:
+            future = self.link.send("Authorize", {"idTag": id_token})
+            try:  # the answer must come within the validator's own cmd timeout, even behind queued CALLs
+                outcome = await asyncio.wait_for(asyncio.shield(future), float(self.config["call_timeout_s"]))
+            except TimeoutError:
+                outcome = None
+            answer = authorize_answer(outcome)
+            if isinstance(outcome, CallResult) and answer["status"] != "Unknown":
+                self._cache_id_tag_info(id_token, outcome.payload.get("idTagInfo"), "Authorize.conf")
+                return answer
+            local = decide_offline(flags, list_info=list_info, cache_info=cache_info, now=datetime.now(UTC))
+        self.log.info("token decided locally", status=local.status, source=local.source)
+        return local.validator_result()
+
+    def _cache_id_tag_info(self, id_tag: str, info: Any, source: str) -> None:
+        """An idTagInfo from the CSMS goes into the Authorization Cache (when enabled)."""
+        if not self.ocpp.bool("AuthorizationCacheEnabled") or info is None:
+            return
+        try:
+            self.local_auth.remember(id_tag, info, datetime.now(UTC))
+        except (ValueError, sqlite3.Error) as exc:
+            self.log.warning("idTagInfo not cached", source=source, error=str(exc))
 
     async def data_transfer(self, vendor_id: str, message_id: str | None, data: str | None) -> dict[str, Any]:
         payload: dict[str, Any] = {"vendorId": vendor_id}

@@ -16,13 +16,15 @@ from chargepoint.timestamps import to_rfc3339
 if TYPE_CHECKING:
     from .configuration import Configuration
     from .link import OcppLink
-    from .transactions import TransactionBook
+    from .transactions import Transaction, TransactionBook
+    from .tx_sender import TransactionalSender
 
 
 class Metering:
     ocpp: Configuration
     link: OcppLink
     book: TransactionBook
+    sender: TransactionalSender
     evse_by_id: dict[int, Any]
     sessions: dict[int, dict[str, Any]]
     readings: dict[int, dict[str, Any]]
@@ -35,8 +37,7 @@ class Metering:
             await asyncio.sleep(interval if interval > 0 else 5)
             if interval > 0:
                 for tx in self.book.running():
-                    if tx.transaction_id is not None:
-                        self.send_meter_values(tx.connector_id, "Sample.Periodic", tx.transaction_id)
+                    self.send_meter_values(tx.connector_id, "Sample.Periodic", tx)
 
     async def _aligned_meter_values(self) -> None:
         """Sample.Clock MeterValues every ClockAlignedDataInterval from midnight UTC (a change applies within 5 s)."""
@@ -56,12 +57,15 @@ class Metering:
                 continue
             for connector_id in sorted(self.evse_by_id):
                 tx = self.book.on_connector(connector_id)
-                self.send_meter_values(connector_id, "Sample.Clock", None if tx is None else tx.transaction_id,
-                                       measurands_key="MeterValuesAlignedData", timestamp=to_rfc3339(due))
+                self.send_meter_values(connector_id, "Sample.Clock", tx, measurands_key="MeterValuesAlignedData",
+                                       timestamp=to_rfc3339(due))
             due = next_aligned_time(due, interval)
 
-    def send_meter_values(self, connector_id: int, context: str, transaction_id: int | None, *,
-                          measurands_key: str = "MeterValuesSampledData", timestamp: str | None = None) -> bool:
+    def send_meter_values(self, connector_id: int, context: str, tx: Transaction | None, *,
+                          measurands_key: str = "MeterValuesSampledData", timestamp: str | None = None,
+                          queued: bool = True) -> bool:
+        """MeterValues of ``connector_id``; those of a transaction go through the transactional queue (unless
+        ``queued`` is false: a triggered sample goes now, with the transactionId when it is known)."""
         from .meter_values import meter_value
         reading = self._current_reading(connector_id)
         if reading is None:
@@ -71,10 +75,12 @@ class Metering:
         if not value["sampledValue"]:
             return False
         payload: dict[str, Any] = {"connectorId": connector_id, "meterValue": [value]}
-        if transaction_id is not None:
-            payload["transactionId"] = transaction_id
-        self.link.send("MeterValues", payload, transactional=transaction_id is not None,
-                       attempts=self.ocpp.int("TransactionMessageAttempts"))
+        if tx is not None and queued:
+            self.sender.enqueue([("MeterValues", payload)], tx.session_id)
+            return True
+        if tx is not None and tx.transaction_id is not None:
+            payload["transactionId"] = tx.transaction_id
+        self.link.send("MeterValues", payload)
         return True
 
     def _current_reading(self, connector_id: int) -> dict[str, Any] | None:

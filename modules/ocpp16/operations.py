@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from chargepoint.module import CmdError
 from chargepoint.timestamps import parse_rfc3339, to_rfc3339, utc_now
 
 from .configuration import TooManyKeys
+from .local_list import ListLimits
 from .rpc import IncomingCall
 from .schemas import OCCURENCE_CONSTRAINT_VIOLATION
 
@@ -41,7 +43,15 @@ FIRMWARE_STATUS = {"Idle": "Idle", "DownloadScheduled": "Idle", "Downloading": "
                    "Installed": "Installed", "InstallationFailed": "InstallationFailed",
                    "InstallVerificationFailed": "InstallationFailed"}
 DIAGNOSTICS_STATUS = {"Idle": "Idle", "Uploading": "Uploading", "Uploaded": "Uploaded"}
+INSTALL_WAIT_POLL_S = 0.5
 STOP_WAIT_S = 10.0
+
+
+def _ocpp_system_status(var: str, raw: str) -> str:
+    """A system-interface status as 1.6 FirmwareStatus (firmware_update_status) or DiagnosticsStatus."""
+    if var == "firmware_update_status":
+        return FIRMWARE_STATUS.get(raw, "Idle")
+    return DIAGNOSTICS_STATUS.get(raw, "UploadFailed")
 
 
 def _snake(action: str) -> str:
@@ -52,6 +62,7 @@ class CsmsOperations:
     def __init__(self, station: Ocpp16) -> None:
         self.station = station
         self.log = station.log
+        self._deferred: set[str] = set()  # system status vars waiting for an accepted Boot to be notified
 
     async def handle(self, call: IncomingCall) -> None:
         link = self.station.link
@@ -110,17 +121,31 @@ class CsmsOperations:
         return {"status": result.status}, apply
 
     async def _clear_cache(self, payload: dict[str, Any]) -> Answer:
-        return {"status": "Accepted"}  # no authorization cache yet
+        if not self.station.ocpp.bool("AuthorizationCacheEnabled"):
+            return {"status": "Rejected"}
+        try:
+            self.station.local_auth.clear_cache()
+        except sqlite3.Error as exc:
+            self.log.error("authorization cache not cleared", error=str(exc))
+            return {"status": "Rejected"}
+        return {"status": "Accepted"}
 
     async def _data_transfer(self, payload: dict[str, Any]) -> Answer:
         known = payload["vendorId"] in self.station.config["data_transfer_vendor_ids"]
         return {"status": "Accepted" if known else "UnknownVendorId"}
 
     async def _get_local_list_version(self, payload: dict[str, Any]) -> Answer:
-        return {"listVersion": -1}  # -1: no local authorization list (yet) on this station
+        return {"listVersion": self.station.local_auth.list_version}  # 0: the list is empty
 
     async def _send_local_list(self, payload: dict[str, Any]) -> Answer:
-        return {"status": "NotSupported"}
+        ocpp = self.station.ocpp
+        limits = ListLimits(ocpp.bool("LocalAuthListEnabled"), ocpp.int("LocalAuthListMaxLength"),
+                            ocpp.int("SendLocalListMaxLength"))
+        update = self.station.local_auth.apply_list_update(payload, limits)
+        log = self.log.info if update.accepted else self.log.warning
+        log("SendLocalList handled", status=update.status, update_type=payload.get("updateType"),
+            list_version=payload.get("listVersion"), reason=update.reason)
+        return {"status": update.status}
 
     # -- transactions ----------------------------------------------------------------------------
     async def _remote_start_transaction(self, payload: dict[str, Any]) -> Answer:
@@ -172,8 +197,8 @@ class CsmsOperations:
     async def _wait_for_stops(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_WAIT_S
-        while loop.time() < deadline and (self.station.book.running() or self.station.rpc.queued
-                                          or self.station.rpc.in_flight):
+        while loop.time() < deadline and (self.station.book.running() or self.station.sender.queue.messages
+                                          or self.station.rpc.queued or self.station.rpc.in_flight):
             await asyncio.sleep(0.1)
 
     async def _unlock_connector(self, payload: dict[str, Any]) -> Answer:
@@ -245,22 +270,52 @@ class CsmsOperations:
         return {"fileName": name[:255]} if name else {}
 
     def on_system_status(self, var: str, value: dict[str, Any]) -> None:
-        """Progress of a firmware update or log upload: the matching 1.6 notification when it changes."""
-        previous = self.station.system_status.get(var)
-        self.station.system_status[var] = value
-        if previous is None or previous.get("status") == value.get("status") or value.get("status") == "Idle":
-            return
-        self._send_system_status(var)
+        """Progress of a firmware update or log upload: the matching 1.6 notification when it changes.
+
+        Idle goes out only on a TriggerMessage (1.6 FirmwareStatus/DiagnosticsStatus). A downloaded image is
+        installed once no transaction runs (1.6 §5.19: the station waits for running transactions to end).
+        The first value seen is the state before this process started: only an Installed (the station
+        restarted into the new firmware) is news, and it goes out once Boot is accepted.
+        """
+        station = self.station
+        previous = station.system_status.get(var)
+        station.system_status[var] = value
+        raw = value.get("status", "Idle")
+        if var == "firmware_update_status" and raw == "Downloaded":
+            station.spawn(self._install_when_no_transaction(value), name=f"{station.id}-firmware-install")
+        if previous is None:
+            if var != "firmware_update_status" or raw != "Installed":
+                return
+        else:
+            status = _ocpp_system_status(var, raw)
+            if status == "Idle" or status == _ocpp_system_status(var, previous.get("status", "Idle")):
+                return
+        if station.accepted:
+            self._send_system_status(var)
+        elif var not in self._deferred:  # offline or before Boot: the latest status once Boot is accepted
+            self._deferred.add(var)
+            station.spawn(self._send_when_accepted(var), name=f"{station.id}-{var}")
+
+    async def _install_when_no_transaction(self, downloaded: dict[str, Any]) -> None:
+        station = self.station
+        while any(state["transaction_active"] for state in station.states.values()):
+            await asyncio.sleep(INSTALL_WAIT_POLL_S)
+        if station.system_status.get("firmware_update_status") is not downloaded or not station.requires["system"]:
+            return  # replaced by a newer update (or already installing) meanwhile
+        allowed = await station.requires["system"][0].try_call("allow_firmware_installation")
+        self.log.info("firmware installation allowed", accepted=allowed)
+
+    async def _send_when_accepted(self, var: str) -> None:
+        while not self.station.accepted:
+            await asyncio.sleep(INSTALL_WAIT_POLL_S)
+        self._deferred.discard(var)
+        if _ocpp_system_status(var, self.station.system_status.get(var, {}).get("status", "Idle")) != "Idle":
+            self._send_system_status(var)
 
     def _send_system_status(self, var: str) -> None:
-        value = self.station.system_status.get(var, {})
-        if var == "firmware_update_status":
-            status = FIRMWARE_STATUS.get(value.get("status", "Idle"), "Idle")
-            self.station.link.send("FirmwareStatusNotification", {"status": status})
-        else:
-            raw = value.get("status", "Idle")
-            status = DIAGNOSTICS_STATUS.get(raw, "UploadFailed")
-            self.station.link.send("DiagnosticsStatusNotification", {"status": status})
+        status = _ocpp_system_status(var, self.station.system_status.get(var, {}).get("status", "Idle"))
+        action = "FirmwareStatusNotification" if var == "firmware_update_status" else "DiagnosticsStatusNotification"
+        self.station.link.send(action, {"status": status})
 
     # -- TriggerMessage --------------------------------------------------------------------------
     async def _trigger_message(self, payload: dict[str, Any]) -> Answer:
@@ -279,7 +334,7 @@ class CsmsOperations:
             elif message == "MeterValues":
                 for cid in [connector_id] if connector_id else sorted(station.evse_by_id):
                     tx = station.book.on_connector(cid)
-                    station.send_meter_values(cid, "Trigger", None if tx is None else tx.transaction_id)
+                    station.send_meter_values(cid, "Trigger", tx, queued=False)
             elif message == "FirmwareStatusNotification":
                 self._send_system_status("firmware_update_status")
             else:

@@ -1,9 +1,11 @@
 """Transactions as the CSMS sees them: evse session events in, Start/StopTransaction payloads out. Pure.
 
-A transaction is known by its evse session id until StartTransaction.conf gives the CSMS's transactionId.
-A StopTransaction never goes out with a made-up id (-1, 0): when the session finishes before the start
-was answered, the stop waits here and is released by ``start_answered``. (In memory for now; the
-persistent queue of the issue "Never lose a transaction" replaces this.)
+A transaction is known by its evse session id; the CSMS's transactionId arrives with StartTransaction.conf.
+Payloads for a session leave here without a transactionId: the transactional queue (:mod:`.tx_queue`)
+fills it in when the message goes out, after the StartTransaction was answered, so no StopTransaction or
+MeterValues ever carries a made-up id (-1, 0). The book is persisted by the shell and restored after a
+restart; a transaction the book never saw (the process died between the EVSE's start and its storage
+here) is rebuilt from the start facts that ``transaction_finished`` and ``session_resumed`` carry.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ class Transaction:
     meter_start_Wh: int
     started_at: str
     transaction_id: int | None = None
-    stop: dict[str, Any] | None = None
-    """StopTransaction payload without transactionId, waiting for StartTransaction.conf."""
     finished: bool = False
 
 
@@ -40,49 +40,72 @@ def _meter_Wh(event: Mapping[str, Any]) -> int:
     return round(value)
 
 
+def _start_payload(tx: Transaction, reservation_id: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"connectorId": tx.connector_id, "idTag": tx.id_tag,
+                               "meterStart": tx.meter_start_Wh, "timestamp": tx.started_at}
+    if isinstance(reservation_id, int) and not isinstance(reservation_id, bool):
+        payload["reservationId"] = reservation_id
+    return payload
+
+
+def _id_tag(event: Mapping[str, Any]) -> str:
+    id_tag = event.get("id_token")
+    if not isinstance(id_tag, str) or not 0 < len(id_tag) <= ID_TAG_MAX:
+        raise TransactionEventError(f"{event.get('type')}: id_token {id_tag!r} is not an OCPP 1.6 idTag "
+                                    f"(1 to {ID_TAG_MAX} characters)")
+    return id_tag
+
+
 class TransactionBook:
-    def __init__(self) -> None:
-        self._by_session: dict[str, Transaction] = {}
+    def __init__(self, transactions: list[Transaction] | None = None) -> None:
+        self._by_session: dict[str, Transaction] = {tx.session_id: tx for tx in transactions or []}
 
     def started(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """A ``transaction_started`` session event: the StartTransaction.req payload."""
-        session_id, id_tag = event.get("session_id"), event.get("id_token")
+        session_id = event.get("session_id")
         if not isinstance(session_id, str) or not session_id:
             raise TransactionEventError("transaction_started without a session_id")
-        if not isinstance(id_tag, str) or not 0 < len(id_tag) <= ID_TAG_MAX:
-            raise TransactionEventError(f"transaction_started: id_token {id_tag!r} is not an OCPP 1.6 idTag "
-                                        f"(1 to {ID_TAG_MAX} characters)")
+        id_tag = _id_tag(event)
         if session_id in self._by_session:
             raise TransactionEventError(f"transaction_started twice for session {session_id}")
         tx = Transaction(session_id, int(event["evse_id"]), id_tag, _meter_Wh(event), str(event["timestamp"]))
         self._by_session[session_id] = tx
-        payload: dict[str, Any] = {"connectorId": tx.connector_id, "idTag": tx.id_tag,
-                                   "meterStart": tx.meter_start_Wh, "timestamp": tx.started_at}
-        if isinstance(event.get("reservation_id"), int):
-            payload["reservationId"] = event["reservation_id"]
-        return payload
+        return _start_payload(tx, event.get("reservation_id"))
 
-    def start_answered(self, session_id: str, transaction_id: int) -> dict[str, Any] | None:
-        """StartTransaction.conf arrived: the StopTransaction.req that waited for it, if any."""
+    def resumed(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``session_resumed``: the StartTransaction.req of a transaction this book never saw, else None."""
+        session_id = event.get("session_id")
+        if not isinstance(session_id, str) or session_id in self._by_session:
+            return None
+        return self._rebuild(event)
+
+    def _rebuild(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        started_at, meter_start = event.get("transaction_started_at"), event.get("meter_start_Wh")
+        if not isinstance(started_at, str) or meter_start is None:
+            raise TransactionEventError(f"{event.get('type')} of unknown session {event.get('session_id')} "
+                                        "without transaction_started_at and meter_start_Wh")
+        start_event = {**event, "type": "transaction_started", "timestamp": started_at, "meter_Wh": meter_start}
+        return self.started(start_event)
+
+    def start_answered(self, session_id: str, transaction_id: int) -> None:
+        """StartTransaction.conf arrived."""
         tx = self._by_session.get(session_id)
-        if tx is None:
-            return None
-        tx.transaction_id = transaction_id
-        if tx.stop is None:
-            return None
-        stop, tx.stop = {**tx.stop, "transactionId": transaction_id}, None
-        del self._by_session[session_id]
-        return stop
+        if tx is not None:
+            tx.transaction_id = transaction_id
 
     def finished(self, event: Mapping[str, Any],
-                 transaction_data: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-        """A ``transaction_finished`` session event: the StopTransaction.req to send now, or None when it must
-        wait for the transactionId (or the transaction is unknown: started before this process)."""
-        tx = self._by_session.get(str(event.get("session_id")))
-        if tx is None or tx.finished:
-            return None
-        meter_stop = _meter_Wh(event)
-        stop: dict[str, Any] = {"meterStop": meter_stop, "timestamp": str(event["timestamp"])}
+                 transaction_data: list[dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """A ``transaction_finished`` session event: the messages to queue — the StopTransaction.req (without
+        transactionId), preceded by its StartTransaction.req when this book never saw the start."""
+        session_id = str(event.get("session_id"))
+        messages: list[tuple[str, dict[str, Any]]] = []
+        if session_id not in self._by_session:
+            messages.append(("StartTransaction", self._rebuild(event)))
+        tx = self._by_session[session_id]
+        if tx.finished:
+            return []
+        stop: dict[str, Any] = {"meterStop": max(_meter_Wh(event), tx.meter_start_Wh),
+                                "timestamp": str(event["timestamp"])}
         reason = event.get("reason")
         if isinstance(reason, str):
             stop["reason"] = reason
@@ -92,11 +115,18 @@ class TransactionBook:
         if transaction_data:
             stop["transactionData"] = transaction_data
         tx.finished = True
-        if tx.transaction_id is None:
-            tx.stop = stop
-            return None
-        del self._by_session[tx.session_id]
-        return {**stop, "transactionId": tx.transaction_id}
+        messages.append(("StopTransaction", stop))
+        return messages
+
+    def stop_delivered(self, session_id: str) -> None:
+        """StopTransaction.conf arrived (or the stop was dropped): the transaction is over for the CSMS."""
+        self._by_session.pop(session_id, None)
+
+    def forget(self, session_id: str) -> None:
+        self._by_session.pop(session_id, None)
+
+    def all(self) -> list[Transaction]:
+        return list(self._by_session.values())
 
     def running(self) -> list[Transaction]:
         """Transactions not finished yet, with or without a transactionId."""

@@ -1,0 +1,129 @@
+"""Delivers the transactional queue: one message at a time, stored before it goes, deleted when answered.
+
+The asyncio side of :mod:`.tx_queue` and :mod:`.queue_store`: waits until the CSMS accepted the station,
+sends the head of the queue through the link, and turns the outcome into queue effects, storage commits
+and callbacks (StartTransaction.conf -> transactionId; StopTransaction.conf -> the transaction is over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from chargepoint.logs import EventLogger
+from chargepoint.timestamps import utc_now
+
+from .link import OcppLink
+from .queue_store import QueueStore, QueueStoreError
+from .rpc import CallAborted, CallResult
+from .transactions import Transaction, TransactionBook
+from .tx_queue import Delivered, Dropped, QueueEffect, Retrying, TransactionQueue
+
+StartAnswered = Callable[[Transaction, dict[str, Any]], None]
+
+
+class TransactionalSender:
+    def __init__(self, store: QueueStore, link: OcppLink, book: TransactionBook, log: EventLogger, *,
+                 may_send: Callable[[], bool], attempts: Callable[[], int], retry_interval_s: Callable[[], float],
+                 on_start_answered: StartAnswered, max_messages: int = 1000) -> None:
+        self.store = store
+        self.link = link
+        self.book = book
+        self.log = log
+        self.may_send = may_send
+        self.attempts = attempts
+        self.retry_interval_s = retry_interval_s
+        self.on_start_answered = on_start_answered
+        self.queue = TransactionQueue.restore(store.load_messages(), {
+            tx.session_id: tx.transaction_id for tx in book.all() if tx.transaction_id is not None}, max_messages,
+            store.last_seq())
+        self.wake = asyncio.Event()
+        if self.queue.messages:
+            log.info("transactional messages waiting from before the restart", **self.queue.counts())
+
+    def enqueue(self, messages: list[tuple[str, dict[str, Any]]], session_id: str | None) -> None:
+        """Store and queue messages (in one commit); the book's view of the session is stored with them."""
+        added, deleted = [], []
+        for action, payload in messages:
+            message, thinned = self.queue.add(action, payload, session_id)
+            added.append((message, utc_now()))
+            if thinned is not None:
+                deleted += [m.seq for m in thinned.messages]
+                self.log.warning("queued messages dropped", reason=thinned.reason, count=len(thinned.messages))
+        tx = self.book.session(session_id) if session_id is not None else None
+        self._commit(add=added, delete=deleted, transactions=[tx] if tx is not None else [])
+        self.wake.set()
+
+    def save_transaction(self, tx: Transaction) -> None:
+        self._commit(transactions=[tx])
+
+    def _commit(self, **changes: Any) -> None:
+        try:
+            self.store.write(**changes)
+        except QueueStoreError as exc:  # the message still goes out from memory; only a restart would lose it
+            self.log.error("queue storage failed", error=str(exc))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = self.queue.next_to_send(loop.time()) if self.may_send() else None
+            if message is None:
+                next_time = self.queue.next_time() if self.may_send() else None
+                timeout = None if next_time is None else max(0.0, next_time - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout if timeout is not None else 1.0)
+                self.wake.clear()
+                continue
+            try:
+                payload = self.queue.outgoing_payload(message)
+            except LookupError as exc:  # cannot happen in order; never send a made-up id
+                self.log.error("queued message cannot be sent", error=str(exc), action=message.action)
+                self.queue.sent(message)
+                self._apply(self.queue.failed(loop.time(), 0, 0))
+                continue
+            self.queue.sent(message)
+            outcome = await self.link.send(message.action, payload)
+            if isinstance(outcome, CallAborted):
+                self.queue.aborted()
+            elif isinstance(outcome, CallResult):
+                self._apply(self.queue.delivered(outcome.payload), outcome.payload)
+            else:
+                self.log.warning("transactional message not delivered", action=message.action,
+                                 outcome=type(outcome).__name__, attempt=message.attempts + 1)
+                self._apply(self.queue.failed(loop.time(), self.attempts(), self.retry_interval_s()))
+
+    def _apply(self, effects: list[QueueEffect], answer: dict[str, Any] | None = None) -> None:
+        delete: list[int] = []
+        attempts: list[tuple[int, int]] = []
+        saved: list[Transaction] = []
+        forget: list[str] = []
+        started: Transaction | None = None
+        for effect in effects:
+            if isinstance(effect, Delivered):
+                message = effect.message
+                delete.append(message.seq)
+                if message.session_id is None:
+                    continue
+                if effect.transaction_id is not None:
+                    self.book.start_answered(message.session_id, effect.transaction_id)
+                    started = self.book.session(message.session_id)
+                    if started is not None:
+                        saved.append(started)
+                elif message.action == "StopTransaction":
+                    self.book.stop_delivered(message.session_id)
+                    forget.append(message.session_id)
+            elif isinstance(effect, Retrying):
+                attempts.append((effect.message.seq, effect.message.attempts))
+            elif isinstance(effect, Dropped):
+                delete += [m.seq for m in effect.messages]
+                self.log.error("transactional messages dropped", reason=effect.reason,
+                               actions=",".join(m.action for m in effect.messages))
+                for m in effect.messages:
+                    if m.action == "StartTransaction" and m.session_id is not None:
+                        self.book.forget(m.session_id)
+                        forget.append(m.session_id)
+        self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget)
+        if started is not None and answer is not None:
+            self.on_start_answered(started, answer)

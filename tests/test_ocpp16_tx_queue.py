@@ -1,0 +1,165 @@
+"""The transactional queue core and its SQLite store: order, ids, retries, size bound, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modules.ocpp16.queue_store import QueueStore
+from modules.ocpp16.transactions import Transaction
+from modules.ocpp16.tx_queue import Delivered, Dropped, Retrying, TransactionQueue
+
+START = {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2026-01-01T10:00:00Z"}
+STOP = {"meterStop": 10, "timestamp": "2026-01-01T11:00:00Z"}
+METER = {"connectorId": 1, "meterValue": [{"timestamp": "2026-01-01T10:30:00Z", "sampledValue": [{"value": "5"}]}]}
+
+
+def test_stop_waits_behind_its_start_and_gets_the_csms_id() -> None:
+    queue = TransactionQueue()
+    queue.add("StartTransaction", START, "s1")
+    queue.add("MeterValues", METER, "s1")
+    queue.add("StopTransaction", STOP, "s1")
+    head = queue.next_to_send(0)
+    assert head is not None and head.action == "StartTransaction"
+    queue.sent(head)
+    assert queue.next_to_send(0) is None, "one message out at a time"
+    assert queue.delivered({"transactionId": 77, "idTagInfo": {"status": "Accepted"}}) == [Delivered(head, 77)]
+    for action in ("MeterValues", "StopTransaction"):
+        message = queue.next_to_send(0)
+        assert message is not None and message.action == action
+        assert queue.outgoing_payload(message)["transactionId"] == 77
+        queue.sent(message)
+        queue.delivered({})
+    assert len(queue) == 0 and queue.transaction_ids == {}
+
+
+def test_failed_deliveries_back_off_then_drop_the_transaction() -> None:
+    queue = TransactionQueue()
+    queue.add("StartTransaction", START, "s1")
+    queue.add("StopTransaction", STOP, "s1")
+    queue.add("SecurityEventNotification", {"type": "StartupOfTheDevice", "timestamp": "2026-01-01T10:00:00Z"})
+    start = queue.next_to_send(0)
+    queue.sent(start)
+    assert isinstance(queue.failed(100, 3, 30)[0], Retrying)
+    assert queue.next_to_send(129) is None and queue.next_time() == 130
+    queue.sent(queue.next_to_send(130))
+    queue.failed(130, 3, 30)
+    assert queue.next_time() == 190, "interval times the attempts"
+    queue.sent(queue.next_to_send(190))
+    effects = queue.failed(190, 3, 30)
+    assert [type(e) for e in effects] == [Dropped, Dropped]
+    assert [m.action for m in effects[1].messages] == ["StopTransaction"]
+    assert [m.action for m in queue.messages] == ["SecurityEventNotification"]
+
+
+def test_a_dropped_connection_costs_no_attempt() -> None:
+    queue = TransactionQueue()
+    queue.add("StartTransaction", START, "s1")
+    queue.sent(queue.next_to_send(0))
+    queue.aborted()
+    assert queue.messages[0].attempts == 0 and queue.next_to_send(0) is queue.messages[0]
+
+
+def test_the_size_bound_thins_meter_values_never_start_or_stop() -> None:
+    queue = TransactionQueue(max_messages=10)
+    queue.add("StartTransaction", START, "s1")
+    dropped = []
+    for _ in range(30):
+        _, thinned = queue.add("MeterValues", METER, "s1")
+        dropped += list(thinned.messages) if thinned else []
+    queue.add("StopTransaction", STOP, "s1")
+    actions = [m.action for m in queue.messages]
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    assert len(queue) <= 11 and all(m.action == "MeterValues" for m in dropped)
+    assert [m.seq for m in queue.messages] == sorted(m.seq for m in queue.messages)
+
+
+def test_store_keeps_messages_and_transactions_across_a_reopen(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "q.sqlite3")
+    queue = TransactionQueue()
+    start, _ = queue.add("StartTransaction", START, "s1")
+    stop, _ = queue.add("StopTransaction", STOP, "s1")
+    tx = Transaction("s1", 1, "T", 0, "2026-01-01T10:00:00Z", 5)
+    store.write(add=[(start, "2026-01-01T10:00:00Z"), (stop, "2026-01-01T11:00:00Z")], transactions=[tx])
+    store.write(delete=[start.seq], attempts=[(stop.seq, 2)])
+    store.close()
+    again = QueueStore(tmp_path / "q.sqlite3")
+    messages = again.load_messages()
+    assert [(m.action, m.attempts, m.payload) for m in messages] == [("StopTransaction", 2, STOP)]
+    assert again.load_transactions() == [tx]
+    assert again.summary()[0]["action"] == "StopTransaction"
+    assert again.last_seq() == stop.seq
+    restored = TransactionQueue.restore([], {"s1": 5}, last_seq=again.last_seq())
+    new, _ = restored.add("MeterValues", METER, "s1")
+    assert new.seq > stop.seq, "sequence numbers continue after a restart"
+
+
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("start"), st.integers(0, 3)), st.tuples(st.just("meter"), st.integers(0, 3)),
+    st.tuples(st.just("stop"), st.integers(0, 3)),
+    st.tuples(st.just("send"), st.sampled_from(["ok", "ok", "ok", "error", "abort"])),
+    st.tuples(st.just("restart"), st.just(0)),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_whatever_happens_messages_go_in_order_with_real_ids(steps: list[tuple[str, int]]) -> None:
+    queue, now, next_id = TransactionQueue(max_messages=8), 0.0, 100
+    state: dict[str, str] = {}  # session -> started | stopped
+    delivered: list[tuple[int, str, str | None, dict]] = []
+    ids: dict[str, int] = {}
+
+    def send(outcome: str) -> None:
+        nonlocal next_id
+        message = queue.next_to_send(now)
+        if message is None:
+            return
+        payload = queue.outgoing_payload(message)
+        assert payload.get("transactionId", 1) > 0, "never -1 or 0"
+        if message.action != "StartTransaction":
+            assert payload["transactionId"] == ids[message.session_id], "the id the CSMS gave"
+        queue.sent(message)
+        if outcome == "abort":
+            queue.aborted()
+        elif outcome == "error":
+            queue.failed(now, 3, 1)
+        else:
+            answer = {"transactionId": next_id} if message.action == "StartTransaction" else {}
+            for effect in queue.delivered(answer):
+                if isinstance(effect, Delivered) and effect.transaction_id is not None:
+                    ids[message.session_id] = effect.transaction_id
+                    next_id += 1
+            delivered.append((message.seq, message.action, message.session_id, payload))
+
+    for kind, n in steps:
+        now += 1
+        session = f"s{n}"
+        if kind == "start" and session not in state:
+            queue.add("StartTransaction", START, session)
+            state[session] = "started"
+        elif kind == "meter" and state.get(session) == "started":
+            queue.add("MeterValues", METER, session)
+        elif kind == "stop" and state.get(session) == "started":
+            queue.add("StopTransaction", STOP, session)
+            state[session] = "stopped"
+        elif kind == "send":
+            send(n)  # type: ignore[arg-type]
+        elif kind == "restart":
+            queue = TransactionQueue.restore(list(queue.messages), dict(queue.transaction_ids), 8, queue.last_seq)
+    for _ in range(500):  # the CSMS comes back and answers everything
+        now += 10
+        send("ok")
+    assert len(queue) == 0
+    seqs = [seq for seq, *_ in delivered]
+    assert seqs == sorted(seqs), "delivered strictly in order"
+    starts = [s for _, a, s, _ in delivered if a == "StartTransaction"]
+    stops = [s for _, a, s, _ in delivered if a == "StopTransaction"]
+    assert len(starts) == len(set(starts)) and len(stops) == len(set(stops)), "nothing twice"
+    for session in stops:
+        assert session in starts, "a stop only after its start"
+    for session, how in state.items():
+        if session in starts:
+            assert (session in stops) == (how == "stopped")
