@@ -70,6 +70,7 @@ def test_failed_boot_is_retried_but_a_failed_triggered_boot_changes_nothing() ->
     core.poll(13)
     core.on_boot_answered("Accepted", 60, NOW, 14)
     assert core.on_triggered() == [SendBoot()]
+    assert core.on_boot_answered("Accepted", 90, NOW, 15) == [ApplyHeartbeatInterval(90), ApplyCsmsTime(NOW)]
     assert core.on_boot_failed(20) == [] and core.retry_at is None
     assert core.on_boot_answered("Rejected", 60, NOW, 21) == []
     assert core.registration == "Accepted" and core.may_send
@@ -121,6 +122,8 @@ def test_registration_rules_hold_for_any_sequence(events: list[tuple]) -> None:
             actions = core.on_boot_answered(event[1], event[2], NOW, now)
             ever_accepted |= event[1] == "Accepted"
         assert (ReleaseSession() in actions) <= core.accepted_once, "released only after an Accepted Boot"
+        if event[0] == "answer" and was_accepted:
+            assert ReleaseSession() not in actions and SendStatusSnapshot() not in actions
         assert core.accepted_once == ever_accepted
         assert core.may_send == (core.connected and ever_accepted)
         if ever_accepted:

@@ -10,7 +10,8 @@ out. Rules:
   fails (CALLERROR, timeout) is retried after the fallback.
 - Accepted: heartbeat interval and time from the answer, the session released, the status of every
   connector sent. A reconnect after that sends no Boot, only the status snapshot.
-- A Boot the CSMS triggers after Accepted changes nothing when it fails.
+- A Boot the CSMS triggers after Accepted changes nothing when it fails, and only the heartbeat interval
+  and the time when it is Accepted.
 """
 
 from __future__ import annotations
@@ -96,9 +97,11 @@ class BootCore:
         changed = [RegistrationChanged(status)] if status != self.registration else []
         self.registration = status
         if status == "Accepted":
+            heartbeat = [ApplyHeartbeatInterval(interval_s)] if interval_s > 0 else []
+            if self.accepted_once:  # a triggered Boot: the session already runs and the CSMS knows the statuses
+                return [*heartbeat, ApplyCsmsTime(current_time)]
             self.accepted_once = True
             self.retry_at = None
-            heartbeat = [ApplyHeartbeatInterval(interval_s)] if interval_s > 0 else []
             return [*changed, *heartbeat, ReleaseSession(), SendStatusSnapshot(), ApplyCsmsTime(current_time)]
         if self.accepted_once:
             self.registration = "Accepted"  # a triggered Boot cannot take back the registration
