@@ -12,6 +12,8 @@ from pathlib import Path
 from chargepoint import __version__
 from chargepoint.csmscli import add_csms_parser, run_csms
 from chargepoint.logs import EventLogger, setup_logging
+from chargepoint.metercli import add_meter_parser, run_meter
+from chargepoint.queuecli import add_ocpp_parser, run_ocpp
 from chargepoint.simcli import add_sim_parser, run_sim
 
 EXIT_INVALID_CONFIG = 2
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
     add_sim_parser(sub)
     add_csms_parser(sub)
+    add_ocpp_parser(sub)
+    add_meter_parser(sub)
     return parser
 
 
@@ -208,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_sim(args)
     if args.command == "csms":
         return run_csms(args)
+    if args.command == "ocpp":
+        return run_ocpp(args)
+    if args.command == "meter":
+        return run_meter(args)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
