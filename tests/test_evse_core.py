@@ -419,3 +419,27 @@ def test_duty_cycle_follows_iec_61851() -> None:
     h = Harness(max_current_A=16)
     h.charging()
     assert [a for a in h.actions if isinstance(a, SetPwm)][-1] == SetPwm(26.66)
+
+
+def test_a_transaction_waits_for_the_first_meter_reading_of_a_connected_meter() -> None:
+    h = Harness(has_powermeter=True, meter_wait_s=10)
+    h.feed("cp_state", "B")
+    assert h.cmd("authorize", "CARD", "rfid", None, None) is True
+    h.advance(3)
+    assert h.events("transaction_started") == [] and h.pwm_duty is None
+    h.feed("meter_reading", 4321.0, 0.0)
+    started = h.events("transaction_started")
+    assert len(started) == 1 and started[0]["meter_Wh"] == 4321.0
+    assert h.pwm_duty is not None
+
+
+def test_a_silent_meter_delays_the_transaction_only_up_to_meter_wait_s() -> None:
+    h = Harness(has_powermeter=True, meter_wait_s=5)
+    h.feed("cp_state", "B")
+    h.cmd("authorize", "CARD", "rfid", None, None)
+    h.advance(4)
+    assert h.events("transaction_started") == []
+    h.advance(1)
+    started = h.events("transaction_started")
+    assert len(started) == 1 and started[0]["meter_Wh"] is None
+    assert h.pwm_duty is not None

@@ -37,6 +37,25 @@ def test_start_and_stop_payloads_leave_the_id_to_the_queue() -> None:
     assert book.all() == []
 
 
+def test_a_power_loss_stop_never_reports_less_or_earlier_than_meter_values_already_queued() -> None:
+    book = TransactionBook()
+    book.started(event("transaction_started", id_token="AA11", meter_Wh=1000))
+    book.sampled("s1", 1800.0, "2026-01-01T10:20:00.000Z")
+    book.sampled("s1", 1750.0, "2026-01-01T10:19:00.000Z")  # out of order: changes nothing
+    stop = book.finished(event("transaction_finished", meter_Wh=1500, reason="PowerLoss",
+                               timestamp="2026-01-01T10:10:00.000Z"))[0][1]
+    assert stop["meterStop"] == 1800 and stop["timestamp"] == "2026-01-01T10:20:00.000Z"
+
+
+def test_a_stop_after_the_last_sample_keeps_its_own_time_and_value() -> None:
+    book = TransactionBook()
+    book.started(event("transaction_started", id_token="AA11", meter_Wh=1000))
+    book.sampled("s1", 1800.0, "2026-01-01T10:20:00.000Z")
+    stop = book.finished(event("transaction_finished", meter_Wh=1900, reason="Local",
+                               timestamp="2026-01-01T10:21:00.000Z"))[0][1]
+    assert stop["meterStop"] == 1900 and stop["timestamp"] == "2026-01-01T10:21:00.000Z"
+
+
 def test_a_finish_the_book_never_saw_rebuilds_the_start_from_the_event() -> None:
     book = TransactionBook()
     messages = book.finished(event("transaction_finished", id_token="AA11", meter_Wh=900, reason="PowerLoss",

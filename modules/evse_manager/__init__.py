@@ -42,7 +42,7 @@ def now_utc() -> datetime:
 class EvseManager(Module):
     async def init(self) -> None:
         try:
-            config = EvseConfig(**self.config)
+            config = EvseConfig(**self.config, has_powermeter=len(self.requires["powermeter"]) == 1)
         except ConfigError as exc:
             raise ConfigError(f"{self.id}: config: {exc}") from None
         self.evse_config = config
@@ -54,7 +54,7 @@ class EvseManager(Module):
                              thread_name=f"{self.id}-session-file")
         self.energy_request: RequestEnergy | None = None
         self.energy_changed = asyncio.Event()
-        self.has_powermeter = len(self.requires["powermeter"]) == 1
+        self.has_powermeter = config.has_powermeter
         self.has_energy = len(self.requires["energy"]) == 1
         self._serve_cmds()
         self._subscribe()

@@ -49,6 +49,8 @@ class EvseConfig:
     meter_persist_interval_s: float = 30.0
     energy_fallback_current_A: float | None = None
     restore_wait_s: float = 10.0
+    meter_wait_s: float = 10.0
+    has_powermeter: bool = False
 
     def __post_init__(self) -> None:
         if self.min_current_A > self.max_current_A:
@@ -61,6 +63,8 @@ class EvseConfig:
             raise ConfigError(f"phases {self.phases} is outside 1..3")
         if self.meter_persist_interval_s <= 0:
             raise ConfigError("meter_persist_interval_s must be above 0")
+        if self.meter_wait_s < 0:
+            raise ConfigError("meter_wait_s must be 0 or above")
 
 
 @dataclass

@@ -42,6 +42,7 @@ class EvseState:
         self.authorization: Authorization | None = None
         self.pending_restore: dict[str, Any] | None = None
         self.restore_deadline: datetime | None = None
+        self.meter_wait_since: datetime | None = None
         self.relay_commanded: bool | None = None
         self.relay_phases = 0
         self.pwm_duty: float | None = None
@@ -109,11 +110,29 @@ class EvseState:
         if (session is None or authorization is None or not session.plugged_in or session.transaction is not None
                 or session.finished_transaction is not None or not self.enabled or self._blocking_errors()):
             return
+        if self._waiting_for_meter(now):
+            return
         transaction = Transaction(authorization, now, self.meter.energy_Wh, stored=False)
         session.transaction = transaction
         self._persist(now)
         self._emit("transaction_started", now, **token_fields(authorization), meter_Wh=transaction.meter_start_Wh,
                    signed_meter_value=None, reservation_id=authorization.reservation_id)
+
+    def _waiting_for_meter(self, now: datetime) -> bool:
+        """A connected meter that has not reported yet holds the start up to ``meter_wait_s``.
+
+        Without a first reading the transaction would have no meterStart; a meter that stays silent
+        longer does not keep the EV from charging: the transaction then starts without a meter value.
+        """
+        if not self.config.has_powermeter or self.meter.energy_Wh is not None:
+            self.meter_wait_since = None
+            return False
+        if self.meter_wait_since is None:
+            self.meter_wait_since = now
+        if now - self.meter_wait_since < timedelta(seconds=self.config.meter_wait_s):
+            return True
+        self.meter_wait_since = None
+        return False
 
     def _finish_transaction(self, reason: str, now: datetime, *, stop_id_token: str | None = None,
                             details: str | None = None) -> None:

@@ -76,6 +76,9 @@ class Metering:
             return False
         payload: dict[str, Any] = {"connectorId": connector_id, "meterValue": [value]}
         if tx is not None and queued:
+            energy = reading.get("energy_Wh_import", {}).get("total")
+            if isinstance(energy, int | float) and not isinstance(energy, bool):
+                self.book.sampled(tx.session_id, energy, value["timestamp"])
             self.sender.enqueue([("MeterValues", payload)], tx.session_id)
             return True
         if tx is not None and tx.transaction_id is not None:

@@ -29,8 +29,10 @@ class Transacting:
         kind, session_id = event["type"], event.get("session_id")
         try:
             if kind == "transaction_started":
-                payload = self.book.started(event)
                 begin = self._current_reading(event["evse_id"])  # type: ignore[attr-defined]
+                if event.get("meter_Wh") is None:
+                    event = {**event, "meter_Wh": self._meter_start_fallback(begin, session_id)}
+                payload = self.book.started(event)
                 if begin is not None:
                     self.begin_readings[session_id] = {**begin, "timestamp": event["timestamp"]}  # type: ignore[index]
                 self.sender.enqueue([("StartTransaction", payload)], session_id)
@@ -48,6 +50,15 @@ class Transacting:
                     self.sender.enqueue(messages, session_id)
         except TransactionEventError as exc:
             self.log.error("session event not sent to the CSMS", session_id=session_id, error=str(exc))  # type: ignore[attr-defined]
+
+    def _meter_start_fallback(self, reading: dict[str, Any] | None, session_id: str | None) -> float:
+        """meterStart for a transaction the EVSE started without a meter value (its meter never answered)."""
+        energy = (reading or {}).get("energy_Wh_import", {}).get("total")
+        if isinstance(energy, int | float) and not isinstance(energy, bool) and energy >= 0:
+            return float(energy)
+        self.log.warning("transaction started without a meter reading; meterStart 0",  # type: ignore[attr-defined]
+                         session_id=session_id)
+        return 0.0
 
     def _start_answered(self, tx: Transaction, answer: dict[str, Any]) -> None:
         """StartTransaction.conf: the idTagInfo may withdraw the authorization (StopTransactionOnInvalidId)."""

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chargepoint.timestamps import parse_rfc3339
+
 ID_TAG_MAX = 20  # IdToken is CiString20Type in OCPP 1.6
 
 
@@ -30,6 +32,8 @@ class Transaction:
     started_at: str
     transaction_id: int | None = None
     finished: bool = False
+    last_meter_Wh: int | None = None
+    last_meter_at: str | None = None
 
 
 def _meter_Wh(event: Mapping[str, Any]) -> int:
@@ -54,6 +58,14 @@ def _id_tag(event: Mapping[str, Any]) -> str:
         raise TransactionEventError(f"{event.get('type')}: id_token {id_tag!r} is not an OCPP 1.6 idTag "
                                     f"(1 to {ID_TAG_MAX} characters)")
     return id_tag
+
+
+def _later(a: str, b: str) -> bool:
+    """Whether RFC 3339 time ``a`` is after ``b``; an unreadable time is never later."""
+    try:
+        return parse_rfc3339(a) > parse_rfc3339(b)
+    except ValueError:
+        return False
 
 
 class TransactionBook:
@@ -87,6 +99,17 @@ class TransactionBook:
         start_event = {**event, "type": "transaction_started", "timestamp": started_at, "meter_Wh": meter_start}
         return self.started(start_event)
 
+    def sampled(self, session_id: str, energy_Wh: float, at: str) -> None:
+        """A MeterValues of the transaction was queued: its stop may report neither less energy nor an earlier
+        time (a PowerLoss stop uses the EVSE's last *persisted* reading, which can be older)."""
+        tx = self._by_session.get(session_id)
+        if tx is None or tx.finished:
+            return
+        if tx.last_meter_Wh is None or energy_Wh >= tx.last_meter_Wh:
+            tx.last_meter_Wh = round(energy_Wh)
+        if tx.last_meter_at is None or _later(at, tx.last_meter_at):
+            tx.last_meter_at = at
+
     def start_answered(self, session_id: str, transaction_id: int) -> None:
         """StartTransaction.conf arrived."""
         tx = self._by_session.get(session_id)
@@ -104,8 +127,10 @@ class TransactionBook:
         tx = self._by_session[session_id]
         if tx.finished:
             return []
-        stop: dict[str, Any] = {"meterStop": max(_meter_Wh(event), tx.meter_start_Wh),
+        stop: dict[str, Any] = {"meterStop": max(_meter_Wh(event), tx.meter_start_Wh, tx.last_meter_Wh or 0),
                                 "timestamp": str(event["timestamp"])}
+        if tx.last_meter_at is not None and _later(tx.last_meter_at, stop["timestamp"]):
+            stop["timestamp"] = tx.last_meter_at
         reason = event.get("reason")
         if isinstance(reason, str):
             stop["reason"] = reason
