@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from modules.ocpp16.queue_store import QueueStore
 from modules.ocpp16.transactions import Transaction
-from modules.ocpp16.tx_queue import Delivered, Dropped, Retrying, TransactionQueue
+from modules.ocpp16.tx_queue import Delivered, Dropped, OrphanMessageError, Retrying, TransactionQueue
 
 START = {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2026-01-01T10:00:00Z"}
 STOP = {"meterStop": 10, "timestamp": "2026-01-01T11:00:00Z"}
@@ -140,11 +140,16 @@ def test_whatever_happens_messages_go_in_order_with_real_ids(steps: list[tuple[s
         if kind == "start" and session not in state:
             queue.add("StartTransaction", START, session)
             state[session] = "started"
-        elif kind == "meter" and state.get(session) == "started":
-            queue.add("MeterValues", METER, session)
-        elif kind == "stop" and state.get(session) == "started":
-            queue.add("StopTransaction", STOP, session)
-            state[session] = "stopped"
+        elif kind in ("meter", "stop") and state.get(session) == "started":
+            try:
+                queue.add("MeterValues" if kind == "meter" else "StopTransaction", METER if kind == "meter" else STOP,
+                          session)
+            except OrphanMessageError:
+                assert session not in queue.transaction_ids
+                state[session] = "dropped"
+                continue
+            if kind == "stop":
+                state[session] = "stopped"
         elif kind == "send":
             send(n)  # type: ignore[arg-type]
         elif kind == "restart":

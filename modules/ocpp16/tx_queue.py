@@ -25,6 +25,10 @@ TRANSACTIONAL_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues", "
 NEVER_THINNED = ("StartTransaction", "StopTransaction", "SecurityEventNotification")
 
 
+class OrphanMessageError(ValueError):
+    """A message of a transaction whose StartTransaction was dropped: the CSMS could not place it."""
+
+
 @dataclass
 class QueuedMessage:
     seq: int
@@ -91,6 +95,10 @@ class TransactionQueue:
             raise ValueError(f"{action} is not a transaction-related message")
         if "transactionId" in payload and session_id is not None:
             raise ValueError("messages of a session get their transactionId when sent, not when queued")
+        if (session_id is not None and action != "StartTransaction" and session_id not in self.transaction_ids
+                and not any(m.session_id == session_id and m.action == "StartTransaction" for m in self.messages)):
+            raise OrphanMessageError(f"{action} of session {session_id}: its StartTransaction was neither "
+                                     "answered nor is it queued (dropped after its attempts)")
         message = QueuedMessage(self._next_seq, action, dict(payload), session_id)
         self._next_seq += 1
         thinned = self._make_room() if len(self.messages) >= self.max_messages else None

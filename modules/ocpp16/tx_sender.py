@@ -19,7 +19,7 @@ from .link import OcppLink
 from .queue_store import QueueStore, QueueStoreError
 from .rpc import CallAborted, CallResult
 from .transactions import Transaction, TransactionBook
-from .tx_queue import Delivered, Dropped, QueueEffect, Retrying, TransactionQueue
+from .tx_queue import Delivered, Dropped, OrphanMessageError, QueueEffect, Retrying, TransactionQueue
 
 StartAnswered = Callable[[Transaction, dict[str, Any]], None]
 
@@ -47,7 +47,11 @@ class TransactionalSender:
         """Store and queue messages (in one commit); the book's view of the session is stored with them."""
         added, deleted = [], []
         for action, payload in messages:
-            message, thinned = self.queue.add(action, payload, session_id)
+            try:
+                message, thinned = self.queue.add(action, payload, session_id)
+            except OrphanMessageError as exc:
+                self.log.error("transactional message not queued", error=str(exc))
+                continue
             added.append((message, utc_now()))
             if thinned is not None:
                 deleted += [m.seq for m in thinned.messages]
@@ -84,7 +88,9 @@ class TransactionalSender:
                 self._apply(self.queue.failed(loop.time(), 0, 0))
                 continue
             self.queue.sent(message)
-            outcome = await self.link.send(message.action, payload)
+            future = self.link.send(message.action, payload)
+            await self.link.flush()  # out now, not on the link's next turn: the replay rate is one message per RTT
+            outcome = await future
             if isinstance(outcome, CallAborted):
                 self.queue.aborted()
             elif isinstance(outcome, CallResult):
@@ -124,6 +130,6 @@ class TransactionalSender:
                     if m.action == "StartTransaction" and m.session_id is not None:
                         self.book.forget(m.session_id)
                         forget.append(m.session_id)
-        self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget)
+        self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget, durable=False)
         if started is not None and answer is not None:
             self.on_start_answered(started, answer)
