@@ -9,7 +9,6 @@ disconnections and are tried ``attempts`` times; the others are dropped when the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +53,9 @@ class OcppLink:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._pending: dict[str, _Pending] = {}
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # something to flush or a deadline passed: run_timers wakes
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._flush_lock = asyncio.Lock()
         self.number: int | None = None  # the open connection, None while disconnected
 
@@ -63,19 +64,24 @@ class OcppLink:
         return self.number is not None
 
     def send(self, action: str, payload: dict[str, Any], *, urgent: bool = False, transactional: bool = False,
-             attempts: int = 1) -> asyncio.Future[Outcome]:
-        """Queue one CALL; raises PayloadError/ValueError for a payload the schema refuses (nothing queued)."""
+             attempts: int = 1, flushed_by_caller: bool = False) -> asyncio.Future[Outcome]:
+        """Queue one CALL; raises PayloadError/ValueError for a payload the schema refuses (nothing queued).
+
+        ``flushed_by_caller``: the caller awaits :meth:`flush` itself right after, which saves waking the
+        timer task once per message (the transactional queue's replay).
+        """
         pending = _Pending(action, payload, urgent, transactional, max(attempts, 1) - 1)
         if not self.connected and not transactional:
             pending.future.set_result(CallAborted("", action))
             return pending.future
-        self._queue(pending)
+        self._queue(pending, kick=not flushed_by_caller)
         return pending.future
 
-    def _queue(self, pending: _Pending) -> None:
+    def _queue(self, pending: _Pending, *, kick: bool = True) -> None:
         message_id = self.rpc.send_call(pending.action, pending.payload, urgent=pending.urgent)
         self._pending[message_id] = pending
-        self._changed.set()
+        if kick:
+            self._changed.set()
 
     def reply(self, message_id: str, payload: dict[str, Any]) -> None:
         if self.rpc.reply(message_id, payload):
@@ -99,6 +105,7 @@ class OcppLink:
                 except NotConnectedError as exc:
                     self.log.debug("frame not sent, connection gone", error=str(exc))
                     return
+            self._arm_timer()
 
     async def run_events(self) -> None:
         async for event in self.connection.events():
@@ -124,17 +131,27 @@ class OcppLink:
             await self.flush()
 
     async def run_timers(self) -> None:
+        """Flushes what others queued and handles call timeouts; a loop timer wakes it at the next deadline."""
         loop = asyncio.get_running_loop()
         while True:
-            deadline = self.rpc.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+            await self._changed.wait()
             self._changed.clear()
             self._handle(self.rpc.poll(loop.time()))
             await self.flush()
-            if self.rpc.next_deadline() != deadline:
-                self._changed.set()  # a new CALL went out: wait for its deadline
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.rpc.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._changed.set()
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -150,7 +167,7 @@ class OcppLink:
             else:
                 self._finished(event)
         if events:
-            self._changed.set()
+            self._arm_timer()
 
     def _finished(self, event: Outcome) -> None:
         pending = self._pending.pop(event.message_id, None)

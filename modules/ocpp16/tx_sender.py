@@ -88,7 +88,7 @@ class TransactionalSender:
                 self._apply(self.queue.failed(loop.time(), 0, 0))
                 continue
             self.queue.sent(message)
-            future = self.link.send(message.action, payload)
+            future = self.link.send(message.action, payload, flushed_by_caller=True)
             await self.link.flush()  # out now, not on the link's next turn: the replay rate is one message per RTT
             outcome = await future
             if isinstance(outcome, CallAborted):
