@@ -117,3 +117,40 @@ def test_kill_while_offline_then_the_power_loss_stop_arrives_once(broker: Broker
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+def test_a_stored_message_the_schema_refuses_is_dropped_and_the_rest_still_goes(broker: Broker,
+                                                                               tmp_path: Path) -> None:
+    """A queue database with one bad payload (edited by hand, or written by an older version) must not stop
+    the queue: the bad message is dropped with an error line, the ones after it are delivered in order."""
+    from modules.ocpp16.queue_store import QueueStore
+    from modules.ocpp16.transactions import Transaction
+    from modules.ocpp16.tx_queue import TransactionQueue
+
+    session = "stored-session"
+    (tmp_path / "state" / "ocpp").mkdir(parents=True)
+    store = QueueStore(tmp_path / "state" / "ocpp" / "ocpp-queue.sqlite3")
+    queue = TransactionQueue(max_messages=10, transaction_ids={session: 77})
+    good = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-22T10:00:00.000Z",
+                                              "sampledValue": [{"value": "1500", "unit": "Wh"}]}]}
+    bad = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-22T10:01:00.000Z",
+                                             "sampledValue": [{"value": 1600}]}]}  # value must be a string
+    stop = {"meterStop": 1700, "timestamp": "2026-11-22T10:02:00.000Z", "reason": "Local"}
+    rows = [(queue.add(action, payload, session)[0], "2026-11-22T10:00:00.000Z")
+            for action, payload in (("MeterValues", good), ("MeterValues", bad), ("StopTransaction", stop))]
+    store.write(add=rows, transactions=[Transaction(session, 1, "AA11", 1000, "2026-11-22T09:00:00.000Z", 77,
+                                                    finished=True)])
+    store.close()
+    csms = Csms()
+
+    async def main() -> None:
+        async with csms.running():
+            wiring = write_wiring(tmp_path, broker.port, ocpp_station(tmp_path, csms.port))
+            async with running_station(wiring):
+                stopped = await csms.wait_call("StopTransaction", timeout=20)
+                assert stopped["transactionId"] == 77 and stopped["meterStop"] == 1700
+                replayed = [p for p in csms.calls("MeterValues") if p.get("transactionId") == 77]
+                assert [p["meterValue"][0]["timestamp"] for p in replayed] == ["2026-11-22T10:00:00.000Z"]
+                assert csms.actions().index("StopTransaction") > csms.actions().index("MeterValues")
+
+    run(main(), timeout=40)

@@ -88,7 +88,13 @@ class TransactionalSender:
                 self._apply(self.queue.failed(loop.time(), 0, 0))
                 continue
             self.queue.sent(message)
-            future = self.link.send(message.action, payload, flushed_by_caller=True)
+            try:
+                future = self.link.send(message.action, payload, flushed_by_caller=True)
+            except ValueError as exc:  # PayloadError too: a stored payload the schema refuses can never go
+                self.log.error("queued message refused by the OCPP schema, dropped", action=message.action,
+                               error=str(exc))
+                self._apply(self.queue.failed(loop.time(), 0, 0))
+                continue
             await self.link.flush()  # out now, not on the link's next turn: the replay rate is one message per RTT
             outcome = await future
             if isinstance(outcome, CallAborted):
