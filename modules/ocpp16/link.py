@@ -37,6 +37,7 @@ class _Pending:
     urgent: bool
     transactional: bool
     attempts_left: int
+    on_done: Callable[[Outcome], None] | None = None
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -64,15 +65,18 @@ class OcppLink:
         return self.number is not None
 
     def send(self, action: str, payload: dict[str, Any], *, urgent: bool = False, transactional: bool = False,
-             attempts: int = 1, flushed_by_caller: bool = False) -> asyncio.Future[Outcome]:
+             attempts: int = 1, flushed_by_caller: bool = False,
+             on_done: Callable[[Outcome], None] | None = None) -> asyncio.Future[Outcome]:
         """Queue one CALL; raises PayloadError/ValueError for a payload the schema refuses (nothing queued).
 
         ``flushed_by_caller``: the caller awaits :meth:`flush` itself right after, which saves waking the
-        timer task once per message (the transactional queue's replay).
+        timer task once per message (the transactional queue's replay). ``on_done(outcome)`` is called as
+        soon as the CALL ended, inside the link's handling of the event that ended it (before the link
+        flushes), while the future's waiters resume a loop turn later.
         """
-        pending = _Pending(action, payload, urgent, transactional, max(attempts, 1) - 1)
+        pending = _Pending(action, payload, urgent, transactional, max(attempts, 1) - 1, on_done)
         if not self.connected and not transactional:
-            pending.future.set_result(CallAborted("", action))
+            self._resolve(pending, CallAborted("", action), soon=True)
             return pending.future
         self._queue(pending, kick=not flushed_by_caller)
         return pending.future
@@ -185,14 +189,29 @@ class OcppLink:
         if isinstance(event, Timeout | CallError):
             self.log.warning("CALL failed", action=event.action, outcome=type(event).__name__,
                              code=getattr(event, "code", None), description=getattr(event, "description", None))
+        self._resolve(pending, event)
+
+    def _resolve(self, pending: _Pending, outcome: Outcome, *, soon: bool = False) -> None:
         if not pending.future.done():
-            pending.future.set_result(event)
+            pending.future.set_result(outcome)
+        if pending.on_done is None:
+            return
+        if soon:  # not from inside send(): the callback may send again
+            asyncio.get_running_loop().call_soon(self._call_on_done, pending.on_done, outcome)
+        else:
+            self._call_on_done(pending.on_done, outcome)
+
+    def _call_on_done(self, on_done: Callable[[Outcome], None], outcome: Outcome) -> None:
+        try:
+            on_done(outcome)
+        except Exception as exc:  # a callback's bug must not stop the link's event handling
+            self.log.error("CALL outcome handler failed", error=repr(exc))
 
     def _drop_non_transactional(self) -> None:
         for message_id, pending in list(self._pending.items()):
             if not pending.transactional and self.rpc.cancel(message_id):
                 del self._pending[message_id]
-                pending.future.set_result(CallAborted(message_id, pending.action))
+                self._resolve(pending, CallAborted(message_id, pending.action))
 
 
 def when_done(future: asyncio.Future[Outcome], callback: Callable[[Outcome], None]) -> None:

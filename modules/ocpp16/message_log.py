@@ -7,13 +7,14 @@ part first when given several) as one HTML page a person can open in a browser.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from chargepoint.timestamps import utc_now
 
@@ -28,22 +29,42 @@ def masked(frame: str) -> str:
 
 
 class MessageLog:
+    """Appends through one open, line-buffered file (a line reaches the kernel at once, so a killed process
+    keeps every line it wrote) and tracks the size in memory instead of asking the file system per frame."""
+
     def __init__(self, path: Path, max_bytes: int = 1 << 20, keep: int = 3) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO | None = None
+        self._size = 0
 
     def write(self, direction: str, frame: str) -> None:
         record: dict[str, Any] = {"time": utc_now(), "direction": direction, "frame": masked(frame)}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         try:
-            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+            if self._file is None:
+                self._open()
+            if self._size + len(line) > self.max_bytes and self._size > 0:
+                self.close()
                 self._rotate()
-            with self.path.open("a", encoding="utf-8") as file:
-                file.write(line)
+                self._open()
+            assert self._file is not None
+            self._file.write(line)
+            self._size += len(line.encode("utf-8"))
         except OSError:
-            pass  # the message log must never stop OCPP
+            self.close()  # the message log must never stop OCPP; the next frame tries again
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def _open(self) -> None:
+        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        self._size = self._file.tell()
 
     def _rotate(self) -> None:
         for index in range(self.keep - 1, 0, -1):

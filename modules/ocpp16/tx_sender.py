@@ -15,11 +15,19 @@ from typing import Any
 from chargepoint.logs import EventLogger
 from chargepoint.timestamps import utc_now
 
-from .link import OcppLink
+from .link import OcppLink, Outcome
 from .queue_store import QueueStore, QueueStoreError
 from .rpc import CallAborted, CallResult
 from .transactions import Transaction, TransactionBook
-from .tx_queue import Delivered, Dropped, OrphanMessageError, QueueEffect, Retrying, TransactionQueue
+from .tx_queue import (
+    Delivered,
+    Dropped,
+    OrphanMessageError,
+    QueuedMessage,
+    QueueEffect,
+    Retrying,
+    TransactionQueue,
+)
 
 StartAnswered = Callable[[Transaction, dict[str, Any]], None]
 
@@ -70,41 +78,57 @@ class TransactionalSender:
             self.log.error("queue storage failed", error=str(exc))
 
     async def run(self) -> None:
+        """Starts deliveries the answers do not chain (first message, after a retry wait, after a reconnect)."""
         loop = asyncio.get_running_loop()
         while True:
-            message = self.queue.next_to_send(loop.time()) if self.may_send() else None
+            if self._pump():
+                await self.link.flush()
+                continue
+            next_time = self.queue.next_time() if self.may_send() else None
+            timeout = None if next_time is None else max(0.0, next_time - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout if timeout is not None else 1.0)
+            self.wake.clear()
+
+    def _pump(self) -> bool:
+        """Hand the head of the queue to the link when nothing is out and it may go now; True when one went.
+
+        The caller flushes: :meth:`run` itself, or the link, which flushes right after the answer whose
+        callback (:meth:`_done`) pumps the next message. So a long queue replays with no task switch between
+        an answer and the next message.
+        """
+        loop = asyncio.get_running_loop()
+        while self.may_send() and self.link.connected:
+            message = self.queue.next_to_send(loop.time())
             if message is None:
-                next_time = self.queue.next_time() if self.may_send() else None
-                timeout = None if next_time is None else max(0.0, next_time - loop.time())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout if timeout is not None else 1.0)
-                self.wake.clear()
-                continue
-            try:
-                payload = self.queue.outgoing_payload(message)
-            except LookupError as exc:  # cannot happen in order; never send a made-up id
-                self.log.error("queued message cannot be sent", error=str(exc), action=message.action)
-                self.queue.sent(message)
-                self._apply(self.queue.failed(loop.time(), 0, 0))
-                continue
+                return False
             self.queue.sent(message)
             try:
-                future = self.link.send(message.action, payload, flushed_by_caller=True)
+                payload = self.queue.outgoing_payload(message)
+                self.link.send(message.action, payload, flushed_by_caller=True,
+                               on_done=lambda outcome, m=message: self._done(m, outcome))
+                return True
+            except LookupError as exc:  # cannot happen in order; never send a made-up id
+                self.log.error("queued message cannot be sent", error=str(exc), action=message.action)
             except ValueError as exc:  # PayloadError too: a stored payload the schema refuses can never go
                 self.log.error("queued message refused by the OCPP schema, dropped", action=message.action,
                                error=str(exc))
-                self._apply(self.queue.failed(loop.time(), 0, 0))
-                continue
-            await self.link.flush()  # out now, not on the link's next turn: the replay rate is one message per RTT
-            outcome = await future
-            if isinstance(outcome, CallAborted):
-                self.queue.aborted()
-            elif isinstance(outcome, CallResult):
-                self._apply(self.queue.delivered(outcome.payload), outcome.payload)
-            else:
-                self.log.warning("transactional message not delivered", action=message.action,
-                                 outcome=type(outcome).__name__, attempt=message.attempts + 1)
-                self._apply(self.queue.failed(loop.time(), self.attempts(), self.retry_interval_s()))
+            self._apply(self.queue.failed(loop.time(), 0, 0))
+        return False
+
+    def _done(self, message: QueuedMessage, outcome: Outcome) -> None:
+        """The link's callback when the CALL of ``message`` ended (inside the link's event handling)."""
+        if isinstance(outcome, CallAborted):
+            self.queue.aborted()
+        elif isinstance(outcome, CallResult):
+            self._apply(self.queue.delivered(outcome.payload), outcome.payload)
+        else:
+            self.log.warning("transactional message not delivered", action=message.action,
+                             outcome=type(outcome).__name__, attempt=message.attempts + 1)
+            self._apply(self.queue.failed(asyncio.get_running_loop().time(), self.attempts(),
+                                          self.retry_interval_s()))
+        if not self._pump():
+            self.wake.set()
 
     def _apply(self, effects: list[QueueEffect], answer: dict[str, Any] | None = None) -> None:
         delete: list[int] = []
