@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 BENCH = Path(__file__).resolve().parent
 # bench/ocpp.py is named like the `ocpp` package: keep this folder off the path, import benches as bench.*
@@ -72,6 +74,10 @@ class RoundTrips:
 
     async def handle(self, connection: ServerConnection) -> None:
         self.connection = connection
+        with contextlib.suppress(ConnectionClosed):  # the station is stopped at the end of the run
+            await self._serve(connection)
+
+    async def _serve(self, connection: ServerConnection) -> None:
         async for raw in connection:
             received = time.perf_counter()
             message = json.loads(raw)
