@@ -12,7 +12,7 @@ from modules.ocpp16.message_log import MessageLog, masked, render_html
 from modules.ocpp16.rpc import CallResult, Timeout
 from modules.ocpp16.schemas import validate_request
 from modules.ocpp16.tokens import authorize_answer
-from modules.ocpp16.transactions import TransactionBook, TransactionEventError
+from modules.ocpp16.transactions import CLOSED_SESSIONS_KEPT, TransactionBook, TransactionEventError
 
 
 def event(kind: str, session: str = "s1", **fields: Any) -> dict[str, Any]:
@@ -73,6 +73,32 @@ def test_resumed_transaction_unknown_to_the_book_is_started() -> None:
                     meter_start_Wh=1000)
     assert book.resumed(resumed)["meterStart"] == 1000
     assert book.resumed(resumed) is None, "a known transaction is not started twice"
+
+
+def test_a_closed_session_never_starts_again_whatever_event_comes_late() -> None:
+    """After its StopTransaction was delivered (or its Start dropped), a late or repeated event about the session
+    would be a second transaction at the CSMS: it is refused and the book stays as it was."""
+    book = TransactionBook()
+    book.started(event("transaction_started", id_token="AA11", meter_Wh=1000))
+    book.finished(event("transaction_finished", meter_Wh=1500, reason="Local"))
+    book.stop_delivered("s1")
+    book.started(event("transaction_started", "s2", id_token="AA11", meter_Wh=0))
+    book.forget("s2")  # its StartTransaction was dropped
+    start_facts = {"id_token": "AA11", "meter_Wh": 1500, "transaction_started_at": "2026-01-01T09:00:00Z",
+                   "meter_start_Wh": 1000}
+    for session in ("s1", "s2"):
+        for kind in ("transaction_started", "session_resumed", "transaction_finished"):
+            with pytest.raises(TransactionEventError, match="already closed"):
+                getattr(book, {"transaction_started": "started", "session_resumed": "resumed",
+                               "transaction_finished": "finished"}[kind])(event(kind, session, **start_facts))
+    assert book.all() == [] and list(book.closed) == ["s1", "s2"]
+
+
+def test_the_closed_sessions_in_memory_keep_the_newest() -> None:
+    book = TransactionBook(closed=[f"old{i}" for i in range(CLOSED_SESSIONS_KEPT)])
+    book.started(event("transaction_started", "new", id_token="AA11", meter_Wh=0))
+    book.stop_delivered("new")
+    assert len(book.closed) == CLOSED_SESSIONS_KEPT and "new" in book.closed and "old0" not in book.closed
 
 
 @pytest.mark.parametrize("bad", [

@@ -39,6 +39,7 @@ from .message_log import MessageLog
 from .metering import Metering
 from .operations import SUPPORTED_ACTIONS, CsmsOperations
 from .queue_store import QueueStore
+from .reconcile import GracePeriods
 from .rpc import CallAborted, CallResult, IncomingCall, RpcSession
 from .status import StatusMachine, StatusNotice
 from .tokens import authorize_answer, unknown_answer
@@ -63,7 +64,7 @@ class Ocpp16(Transacting, Metering, Module):
                              self._disconnected, MessageLog(log_path) if log_path else None)
         self.status = StatusMachine(float(self.ocpp.int("MinimumStatusDuration")), cfg["charge_point_vendor"])
         self.queue_store = QueueStore(self.state_dir / "ocpp-queue.sqlite3")
-        self.book = TransactionBook(self.queue_store.load_transactions())
+        self.book = TransactionBook(self.queue_store.load_transactions(), self.queue_store.load_closed_sessions())
         self.sender = TransactionalSender(
             self.queue_store, self.link, self.book, self.log, may_send=lambda: self.accepted,
             attempts=lambda: self.ocpp.int("TransactionMessageAttempts"),
@@ -76,6 +77,8 @@ class Ocpp16(Transacting, Metering, Module):
         self.evse_by_id: dict[int, RequiredConnection] = {}
         self.states: dict[int, dict[str, Any]] = {}
         self.sessions: dict[int, dict[str, Any]] = {}
+        self.grace = GracePeriods()  # session vars that disagree with the book (see reconcile.py)
+        self.reconciling: set[int] = set()  # evse ids with a reconciliation check waiting
         self.error_messages: dict[int, dict[str, str]] = {}  # evse_manager index -> error type -> message
         self.readings: dict[int, dict[str, Any]] = {}  # powermeter index (= evse_manager index) -> last reading
         self.meter_index: dict[int, int] = {}  # evse_id -> index of its evse_manager connection
@@ -267,6 +270,7 @@ class Ocpp16(Transacting, Metering, Module):
 
     def _on_session(self, session: dict[str, Any]) -> None:
         self.sessions[session["evse_id"]] = session
+        self._check_session_var(session)
 
     # -- served cmds -------------------------------------------------------------------------------
     async def validate_token(self, id_token: str, token_type: str) -> dict[str, Any]:

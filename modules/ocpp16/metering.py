@@ -37,7 +37,15 @@ class Metering:
             await asyncio.sleep(interval if interval > 0 else 5)
             if interval > 0:
                 for tx in self.book.running():
-                    self.send_meter_values(tx.connector_id, "Sample.Periodic", tx)
+                    if not self._over_on_evse(tx):
+                        self.send_meter_values(tx.connector_id, "Sample.Periodic", tx)
+
+    def _over_on_evse(self, tx: Transaction) -> bool:
+        """The EVSE's session var says this transaction ended (its finish event was missed and is being
+        reconciled): no more samples for it."""
+        session = self.sessions.get(tx.connector_id)
+        return (session is not None and session.get("session_id") == tx.session_id
+                and session.get("transaction_active") is False)
 
     async def _aligned_meter_values(self) -> None:
         """Sample.Clock MeterValues every ClockAlignedDataInterval from midnight UTC (a change applies within 5 s)."""
@@ -57,6 +65,8 @@ class Metering:
                 continue
             for connector_id in sorted(self.evse_by_id):
                 tx = self.book.on_connector(connector_id)
+                if tx is not None and self._over_on_evse(tx):
+                    continue
                 self.send_meter_values(connector_id, "Sample.Clock", tx, measurands_key="MeterValuesAlignedData",
                                        timestamp=to_rfc3339(due))
             due = next_aligned_time(due, interval)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from chargepoint.storage import open_sqlite
+from chargepoint.timestamps import utc_now
 
-from .transactions import Transaction
+from .transactions import CLOSED_SESSIONS_KEPT, Transaction
 from .tx_queue import QueuedMessage
 
 SCHEMA = """
@@ -31,11 +32,16 @@ CREATE TABLE IF NOT EXISTS transactions (
     session_id TEXT PRIMARY KEY, connector_id INTEGER NOT NULL, id_tag TEXT NOT NULL,
     meter_start_Wh INTEGER NOT NULL, started_at TEXT NOT NULL, transaction_id INTEGER,
     finished INTEGER NOT NULL DEFAULT 0, last_meter_Wh INTEGER, last_meter_at TEXT);
+CREATE TABLE IF NOT EXISTS closed_sessions (session_id TEXT PRIMARY KEY, closed_at TEXT);
 """
 
 
 INSERT_MESSAGE = ("INSERT INTO messages (seq, action, payload, session_id, attempts, queued_at) "
                   "VALUES (?,?,?,?,?,?)")
+# Newest by rowid, not by closed_at: a clock set back (by the CSMS) must not make a fresh closing the oldest.
+# INSERT OR REPLACE gives a session closed again a new, higher rowid.
+TRIM_CLOSED = ("DELETE FROM closed_sessions WHERE rowid NOT IN "
+               f"(SELECT rowid FROM closed_sessions ORDER BY rowid DESC LIMIT {CLOSED_SESSIONS_KEPT})")
 
 
 class QueueStoreError(RuntimeError):
@@ -71,10 +77,17 @@ class QueueStore:
         return [Transaction(s, c, tag, meter, at, tx_id, bool(done), last_Wh, last_at)
                 for s, c, tag, meter, at, tx_id, done, last_Wh, last_at in rows]
 
+    def load_closed_sessions(self) -> list[str]:
+        """Ids of closed sessions, oldest first."""
+        rows = self.db.execute("SELECT session_id FROM closed_sessions ORDER BY rowid")
+        return [session_id for (session_id,) in rows]
+
     def write(self, *, add: Sequence[tuple[QueuedMessage, str]] = (), delete: Sequence[int] = (),
               attempts: Sequence[tuple[int, int]] = (), transactions: Sequence[Transaction] = (),
               forget: Sequence[str] = (), durable: bool = True) -> None:
-        """One commit of everything given; ``durable`` flushes it to disk before returning."""
+        """One commit of everything given; ``durable`` flushes it to disk before returning. A session in
+        ``forget`` leaves the transactions and is recorded as closed."""
+        closed_at = utc_now()
         statements = [(sql, rows) for sql, rows in (
             (INSERT_MESSAGE, [(m.seq, m.action, json.dumps(m.payload, separators=(",", ":")), m.session_id,
                                m.attempts, at) for m, at in add]),
@@ -83,7 +96,9 @@ class QueueStore:
             ("INSERT OR REPLACE INTO transactions VALUES (?,?,?,?,?,?,?,?,?)",
              [(t.session_id, t.connector_id, t.id_tag, t.meter_start_Wh, t.started_at, t.transaction_id,
                int(t.finished), t.last_meter_Wh, t.last_meter_at) for t in transactions]),
-            ("DELETE FROM transactions WHERE session_id = ?", [(s,) for s in forget])) if rows]
+            ("DELETE FROM transactions WHERE session_id = ?", [(s,) for s in forget]),
+            ("INSERT OR REPLACE INTO closed_sessions VALUES (?,?)", [(s, closed_at) for s in forget]),
+            (TRIM_CLOSED, [()] if forget else [])) if rows]
         if not statements:
             return
         try:

@@ -6,17 +6,22 @@ fills it in when the message goes out, after the StartTransaction was answered, 
 MeterValues ever carries a made-up id (-1, 0). The book is persisted by the shell and restored after a
 restart; a transaction the book never saw (the process died between the EVSE's start and its storage
 here) is rebuilt from the start facts that ``transaction_finished`` and ``session_resumed`` carry.
+
+A session whose transaction is over for the CSMS (StopTransaction delivered, or its StartTransaction dropped)
+is *closed*: its id is kept (persisted, the newest :data:`CLOSED_SESSIONS_KEPT`) and no event or retained
+``session`` var about it ever starts a transaction again — that would be a duplicate at the CSMS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chargepoint.timestamps import parse_rfc3339
 
 ID_TAG_MAX = 20  # IdToken is CiString20Type in OCPP 1.6
+CLOSED_SESSIONS_KEPT = 1000
 
 
 class TransactionEventError(ValueError):
@@ -60,7 +65,7 @@ def _id_tag(event: Mapping[str, Any]) -> str:
     return id_tag
 
 
-def _later(a: str, b: str) -> bool:
+def is_later(a: str, b: str) -> bool:
     """Whether RFC 3339 time ``a`` is after ``b``; an unreadable time is never later."""
     try:
         return parse_rfc3339(a) > parse_rfc3339(b)
@@ -69,14 +74,37 @@ def _later(a: str, b: str) -> bool:
 
 
 class TransactionBook:
-    def __init__(self, transactions: list[Transaction] | None = None) -> None:
+    def __init__(self, transactions: list[Transaction] | None = None, closed: Iterable[str] = ()) -> None:
+        """``closed``: ids of closed sessions, oldest first."""
         self._by_session: dict[str, Transaction] = {tx.session_id: tx for tx in transactions or []}
+        self._closed: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        for session_id in closed:
+            self._close(session_id)
+
+    @property
+    def closed(self) -> Collection[str]:
+        """Sessions whose transaction is over for the CSMS (a view; it follows later changes)."""
+        return self._closed.keys()
+
+    def _close(self, session_id: str) -> None:
+        self._by_session.pop(session_id, None)
+        self._closed.pop(session_id, None)
+        self._closed[session_id] = None
+        while len(self._closed) > CLOSED_SESSIONS_KEPT:
+            del self._closed[next(iter(self._closed))]
+
+    def _refuse_closed(self, event: Mapping[str, Any]) -> None:
+        session_id = event.get("session_id")
+        if session_id in self._closed:
+            raise TransactionEventError(f"{event.get('type')} of session {session_id}, whose transaction is "
+                                        "already closed at the CSMS: ignored (it would be a duplicate)")
 
     def started(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """A ``transaction_started`` session event: the StartTransaction.req payload."""
         session_id = event.get("session_id")
         if not isinstance(session_id, str) or not session_id:
             raise TransactionEventError("transaction_started without a session_id")
+        self._refuse_closed(event)
         id_tag = _id_tag(event)
         if session_id in self._by_session:
             raise TransactionEventError(f"transaction_started twice for session {session_id}")
@@ -89,6 +117,7 @@ class TransactionBook:
         session_id = event.get("session_id")
         if not isinstance(session_id, str) or session_id in self._by_session:
             return None
+        self._refuse_closed(event)
         return self._rebuild(event)
 
     def _rebuild(self, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,7 +136,7 @@ class TransactionBook:
             return
         if tx.last_meter_Wh is None or energy_Wh >= tx.last_meter_Wh:
             tx.last_meter_Wh = round(energy_Wh)
-        if tx.last_meter_at is None or _later(at, tx.last_meter_at):
+        if tx.last_meter_at is None or is_later(at, tx.last_meter_at):
             tx.last_meter_at = at
 
     def start_answered(self, session_id: str, transaction_id: int) -> None:
@@ -123,13 +152,14 @@ class TransactionBook:
         session_id = str(event.get("session_id"))
         messages: list[tuple[str, dict[str, Any]]] = []
         if session_id not in self._by_session:
+            self._refuse_closed(event)
             messages.append(("StartTransaction", self._rebuild(event)))
         tx = self._by_session[session_id]
         if tx.finished:
             return []
         stop: dict[str, Any] = {"meterStop": max(_meter_Wh(event), tx.meter_start_Wh, tx.last_meter_Wh or 0),
                                 "timestamp": str(event["timestamp"])}
-        if tx.last_meter_at is not None and _later(tx.last_meter_at, stop["timestamp"]):
+        if tx.last_meter_at is not None and is_later(tx.last_meter_at, stop["timestamp"]):
             stop["timestamp"] = tx.last_meter_at
         reason = event.get("reason")
         if isinstance(reason, str):
@@ -145,10 +175,11 @@ class TransactionBook:
 
     def stop_delivered(self, session_id: str) -> None:
         """StopTransaction.conf arrived (or the stop was dropped): the transaction is over for the CSMS."""
-        self._by_session.pop(session_id, None)
+        self._close(session_id)
 
     def forget(self, session_id: str) -> None:
-        self._by_session.pop(session_id, None)
+        """Its StartTransaction was dropped: the CSMS will never know the transaction; it is closed too."""
+        self._close(session_id)
 
     def all(self) -> list[Transaction]:
         return list(self._by_session.values())

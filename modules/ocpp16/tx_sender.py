@@ -150,6 +150,9 @@ class TransactionalSender:
                 elif message.action == "StopTransaction":
                     self.book.stop_delivered(message.session_id)
                     forget.append(message.session_id)
+                elif message.action == "StartTransaction":  # answered without a transactionId: unplaceable
+                    self.book.forget(message.session_id)
+                    forget.append(message.session_id)
             elif isinstance(effect, Retrying):
                 attempts.append((effect.message.seq, effect.message.attempts))
             elif isinstance(effect, Dropped):
