@@ -364,7 +364,9 @@ class FaultDriver:
         await self.online()
         for evse in range(1, self.evse_count + 1):
             await self.tolerant(self.lab.unplug(evse))
-            await self.lab.wait_charger_state(evse, "idle", timeout=20)
+            # a swipe whose answer came after the unplug leaves an authorization waiting for a plug-in:
+            # it ends with auth's connection_timeout_s (30 s in the lab station)
+            await self.lab.wait_charger_state(evse, "idle", timeout=45)
         deadline = time.monotonic() + timeout
         while queued_messages(wiring) > 0:
             if time.monotonic() > deadline:
