@@ -135,6 +135,8 @@ class Ocpp16(Transacting, Metering, Module):
             await asyncio.wait_for(self.connection.close(), 3)
         self.local_auth.close()
         self.queue_store.close()
+        if self.link.message_log is not None:
+            self.link.message_log.close()
 
     # -- connection and boot ------------------------------------------------------------------
     @property
