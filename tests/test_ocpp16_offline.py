@@ -95,6 +95,8 @@ def test_kill_while_offline_then_the_power_loss_stop_arrives_once(broker: Broker
                 await lab.swipe("AA11")
                 start = await csms.wait_call("StartTransaction")
                 await lab.wait_charger_state(1, "charging")
+                # the station has the transactionId (a Start whose answer is lost on the way is rightly sent again)
+                await csms.wait_call("MeterValues", lambda p: p.get("transactionId") == 4711)
             await asyncio.sleep(1.5)
             os.kill(processes[0].pid, signal.SIGKILL)
             processes[0].wait(5)
