@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pty
 import queue
 import select
 import socket
 import socketserver
 import threading
 import time
-import tty
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from chargepoint.ptyport import close_pty, open_pty
 
 from .slave import Reply, SlaveLine, byte_deadlines
 
@@ -132,22 +132,10 @@ class MeterLine:
 
     def _plug_in(self) -> None:
         self._pull_out()
-        master, slave = pty.openpty()
-        tty.setraw(slave)  # no echo or line editing before the client configures the port
-        self._master, self._slave_keeper, self.slave_path = master, slave, os.ttyname(slave)
-        if self.link is not None:
-            self.link.parent.mkdir(parents=True, exist_ok=True)
-            spare = self.link.with_name(self.link.name + ".new")
-            spare.unlink(missing_ok=True)
-            spare.symlink_to(self.slave_path)
-            spare.replace(self.link)
+        self._master, self._slave_keeper, self.slave_path = open_pty(self.link)
 
     def _pull_out(self) -> None:
-        if self.link is not None:
-            self.link.unlink(missing_ok=True)
-        for fd in (self._master, self._slave_keeper):
-            if fd is not None:
-                os.close(fd)
+        close_pty(self.link, self._master, self._slave_keeper)
         self._master = self._slave_keeper = self.slave_path = None
 
     def _shut_down(self) -> None:

@@ -16,14 +16,14 @@ reused the code under test would agree with that code's mistakes.
 from __future__ import annotations
 
 import os
-import pty
 import queue
 import select
 import threading
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from chargepoint.ptyport import close_pty, open_pty
 
 ACK = bytes.fromhex("0000ff00ff00")
 ERROR_FRAME = bytes.fromhex("0000ff01ff7f8100")
@@ -152,23 +152,12 @@ class Pn532Emulator:
 
     def _plug_in(self) -> None:
         self._pull_out()
-        master, slave = pty.openpty()
-        tty.setraw(slave)  # no echo or line editing before the reader configures the port
-        self._master, self._slave_keeper, self.slave_path = master, slave, os.ttyname(slave)
+        self._master, self._slave_keeper, self.slave_path = open_pty(self.link)
         with self._lock:
             self._awake, self._buffer, self._last_reply = False, bytearray(), b""
-        if self.link is not None:
-            spare = self.link.with_name(self.link.name + ".new")
-            spare.unlink(missing_ok=True)
-            spare.symlink_to(self.slave_path)
-            spare.replace(self.link)
 
     def _pull_out(self) -> None:
-        if self.link is not None:
-            self.link.unlink(missing_ok=True)
-        for fd in (self._master, self._slave_keeper):
-            if fd is not None:
-                os.close(fd)
+        close_pty(self.link, self._master, self._slave_keeper)
         self._master = self._slave_keeper = self.slave_path = None
 
     def _shut_down(self) -> None:
