@@ -6,9 +6,18 @@ import asyncio
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fault_lab import RecordedCall, RecordingCsms, StationProcess, check, fault_wiring, run_fault_iterations
+from fault_lab import (
+    RecordedCall,
+    RecordingCsms,
+    StationProcess,
+    check,
+    fault_wiring,
+    queued_messages,
+    run_fault_iterations,
+)
 from helpers import Broker, run
 from scenario import Lab
 
@@ -207,3 +216,46 @@ def test_power_loss_stop_is_not_earlier_than_meter_values_already_sent(broker: B
         await csms.stop()
 
     run(main(), timeout=90)
+
+
+class NoIdCsms(RecordingCsms):
+    """Answers the first StartTransaction without a transactionId (a broken CSMS), the later ones properly."""
+
+    def _answer(self, call: RecordedCall) -> dict[str, Any]:
+        if call.action == "StartTransaction" and len(self.calls_of("StartTransaction")) == 1:
+            return {"idTagInfo": {"status": "Accepted"}}
+        return super()._answer(call)
+
+
+def test_a_start_answered_without_transaction_id_is_given_up_and_never_blocks_the_queue(
+        broker: Broker, tmp_path: Path) -> None:
+    """Nothing of that transaction can be placed at the CSMS: no made-up id, no stop, and later sessions still go."""
+    csms = NoIdCsms()
+
+    async def main() -> None:
+        await csms.start()
+        async with BusProbe("127.0.0.1", broker.port) as probe:
+            station, lab = await charging_station(tmp_path, broker, csms, probe)
+            try:
+                await asyncio.sleep(1.5)  # sampled MeterValues of the unplaceable transaction would be due
+                await lab.unplug(1)
+                await lab.wait_event(1, "transaction_finished")
+                await asyncio.sleep(1.0)
+                assert csms.calls_of("StopTransaction") == []
+                assert all("transactionId" not in c.payload for c in csms.calls_of("MeterValues"))
+                assert queued_messages(station.wiring) == 0, "nothing of it stays queued"
+                await lab.plug(1)
+                await lab.swipe("BB22")
+                second = await csms.wait_call("StartTransaction", count=2)
+                # the next transaction on the connector is metered and stopped as its own
+                await csms.wait_call("MeterValues", count=1 + len(csms.calls_of("MeterValues")))
+                sampled = [c for c in csms.calls_of("MeterValues") if c.payload.get("transactionId")]
+                assert sampled and {c.payload["transactionId"] for c in sampled} == {second.transaction_id}
+                await lab.unplug(1)
+                stop = await csms.wait_call("StopTransaction")
+                assert stop.payload["transactionId"] == second.transaction_id
+            finally:
+                station.stop()
+        await csms.stop()
+
+    run(main(), timeout=60)
