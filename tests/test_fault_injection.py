@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -76,46 +78,51 @@ async def wait_queue_state(probe: BusProbe) -> None:
                          lambda p: json.loads(p)["connected"] and json.loads(p)["registration"] == "Accepted", 40)
 
 
-async def charging_station(tmp_path: Path, broker: Broker, csms: RecordingCsms, probe: BusProbe,
-                           **wiring: int) -> tuple[StationProcess, Lab]:
-    station = StationProcess(fault_wiring(tmp_path, broker.port, csms.port, session_resume="power_loss", **wiring))
-    probe.watch("cp/ocpp/main/var/connection")
-    lab = Lab(probe)
-    station.start()
-    await probe.wait_station_ready(40)
-    await wait_queue_state(probe)
-    await lab.plug(1)
-    await lab.swipe("AA11")
-    await csms.wait_call("StartTransaction")
-    await lab.wait_charger_state(1, "charging")
-    return station, lab
+@contextlib.asynccontextmanager
+async def charging_station(tmp_path: Path, broker: Broker, csms: RecordingCsms,
+                           **wiring: int) -> AsyncIterator[tuple[StationProcess, Lab]]:
+    """The CSMS up, the station in its own process, a transaction charging on EVSE 1; all stopped afterwards."""
+    await csms.start()
+    try:
+        async with BusProbe("127.0.0.1", broker.port) as probe:
+            station = StationProcess(fault_wiring(tmp_path, broker.port, csms.port, session_resume="power_loss",
+                                                  **wiring))
+            probe.watch("cp/ocpp/main/var/connection")
+            lab = Lab(probe)
+            station.start()
+            try:
+                await probe.wait_station_ready(40)
+                await wait_queue_state(probe)
+                await lab.plug(1)
+                await lab.swipe("AA11")
+                await csms.wait_call("StartTransaction")
+                await lab.wait_charger_state(1, "charging")
+                yield station, lab
+            finally:
+                station.stop()
+    finally:
+        await csms.stop()
 
 
 def test_callerror_to_stop_is_retried_then_dropped_after_the_attempts(broker: Broker, tmp_path: Path) -> None:
     csms = RecordingCsms()
 
     async def main() -> None:
-        await csms.start()
-        async with BusProbe("127.0.0.1", broker.port) as probe:
-            station, lab = await charging_station(tmp_path, broker, csms, probe, attempts=3, retry_interval_s=1)
-            try:
-                await csms.set_mode("callerror")
-                await lab.swipe("AA11")
-                await lab.wait_event(1, "transaction_finished")
-                await csms.wait_call("StopTransaction", count=3, timeout=30)
-                await asyncio.sleep(4.0)  # a 4th attempt would come 3 s after the 3rd
-                stops = csms.calls_of("StopTransaction")
-                assert len(stops) == 3, "TransactionMessageAttempts=3: three deliveries, then dropped"
-                assert all(call.mode == "callerror" for call in stops)
-                assert len({json.dumps(call.payload, sort_keys=True) for call in stops}) == 1
-                gaps = [later.received - earlier.received for earlier, later in itertools.pairwise(stops)]
-                assert gaps[1] > gaps[0] * 1.3, f"retry interval times the attempt number: {gaps}"
-                await csms.set_mode("normal")
-                await asyncio.sleep(2.0)
-                assert len(csms.calls_of("StopTransaction")) == 3, "a dropped message is not sent again"
-            finally:
-                station.stop()
-        await csms.stop()
+        async with charging_station(tmp_path, broker, csms, attempts=3, retry_interval_s=1) as (_station, lab):
+            await csms.set_mode("callerror")
+            await lab.swipe("AA11")
+            await lab.wait_event(1, "transaction_finished")
+            await csms.wait_call("StopTransaction", count=3, timeout=30)
+            await asyncio.sleep(4.0)  # a 4th attempt would come 3 s after the 3rd
+            stops = csms.calls_of("StopTransaction")
+            assert len(stops) == 3, "TransactionMessageAttempts=3: three deliveries, then dropped"
+            assert all(call.mode == "callerror" for call in stops)
+            assert len({json.dumps(call.payload, sort_keys=True) for call in stops}) == 1
+            gaps = [later.received - earlier.received for earlier, later in itertools.pairwise(stops)]
+            assert gaps[1] > gaps[0] * 1.3, f"retry interval times the attempt number: {gaps}"
+            await csms.set_mode("normal")
+            await asyncio.sleep(2.0)
+            assert len(csms.calls_of("StopTransaction")) == 3, "a dropped message is not sent again"
 
     run(main(), timeout=90)
 
@@ -125,29 +132,23 @@ def test_silent_csms_timeout_counts_as_failed_delivery_and_the_stop_still_arrive
     csms = RecordingCsms()
 
     async def main() -> None:
-        await csms.start()
-        async with BusProbe("127.0.0.1", broker.port) as probe:
-            station, lab = await charging_station(tmp_path, broker, csms, probe, attempts=5, retry_interval_s=1)
-            try:
-                await csms.set_mode("silent")
-                await lab.swipe("AA11")
-                await lab.wait_event(1, "transaction_finished")
-                first = await csms.wait_call("StopTransaction", timeout=20)
-                await csms.wait_call("StopTransaction", count=2, timeout=30)  # the 5 s call timeout, then 1 s
-                await csms.set_mode("normal")
-                await lab.unplug(1)
-                deadline = asyncio.get_running_loop().time() + 30
-                while not [c for c in csms.calls_of("StopTransaction") if c.mode == "normal"]:
-                    assert asyncio.get_running_loop().time() < deadline, "the stop never went again"
-                    await asyncio.sleep(0.2)
-                stops = csms.calls_of("StopTransaction")
-                assert all(c.payload == first.payload for c in stops), "retransmitted unchanged, same transactionId"
-                session = (1, "AA11", csms.calls_of("StartTransaction")[0].payload["timestamp"])
-                report = check(csms.calls, {session})
-                assert (report.transactions, report.lost, report.duplicated, report.violations) == (1, 0, 0, [])
-            finally:
-                station.stop()
-        await csms.stop()
+        async with charging_station(tmp_path, broker, csms, attempts=5, retry_interval_s=1) as (_station, lab):
+            await csms.set_mode("silent")
+            await lab.swipe("AA11")
+            await lab.wait_event(1, "transaction_finished")
+            first = await csms.wait_call("StopTransaction", timeout=20)
+            await csms.wait_call("StopTransaction", count=2, timeout=30)  # the 5 s call timeout, then 1 s
+            await csms.set_mode("normal")
+            await lab.unplug(1)
+            deadline = asyncio.get_running_loop().time() + 30
+            while not [c for c in csms.calls_of("StopTransaction") if c.mode == "normal"]:
+                assert asyncio.get_running_loop().time() < deadline, "the stop never went again"
+                await asyncio.sleep(0.2)
+            stops = csms.calls_of("StopTransaction")
+            assert all(c.payload == first.payload for c in stops), "retransmitted unchanged, same transactionId"
+            session = (1, "AA11", csms.calls_of("StartTransaction")[0].payload["timestamp"])
+            report = check(csms.calls, {session})
+            assert (report.transactions, report.lost, report.duplicated, report.violations) == (1, 0, 0, [])
 
     run(main(), timeout=90)
 
@@ -157,30 +158,24 @@ def test_broker_restart_mid_transaction_loses_nothing_and_keeps_the_ocpp_connect
     csms = RecordingCsms()
 
     async def main() -> None:
-        await csms.start()
-        async with BusProbe("127.0.0.1", broker.port) as probe:
-            station, lab = await charging_station(tmp_path, broker, csms, probe)
-            try:
-                connections = csms.connections
-                await asyncio.to_thread(broker.stop)
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(broker.start)
-                assert probe.bus is not None
-                await probe.bus.wait_connected(20)
-                await probe.wait_station_ready(20)
-                await asyncio.sleep(1.5)
-                await lab.swipe("AA11")
-                await lab.wait_charger_state(1, "finishing", "idle", timeout=20)
-                stop_call = await csms.wait_call("StopTransaction", timeout=20)
-                assert stop_call.payload["transactionId"] == csms.calls_of("StartTransaction")[0].transaction_id
-                assert csms.connections == connections, "the websocket to the CSMS stayed up"
-                events = [e for e in lab.events[1] if e["type"] == "transaction_started"]
-                session = (1, "AA11", events[0]["timestamp"])
-                report = check(csms.calls, {session})
-                assert (report.transactions, report.lost, report.duplicated, report.violations) == (1, 0, 0, [])
-            finally:
-                station.stop()
-        await csms.stop()
+        async with charging_station(tmp_path, broker, csms) as (_station, lab):
+            connections = csms.connections
+            await asyncio.to_thread(broker.stop)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(broker.start)
+            assert lab.probe.bus is not None
+            await lab.probe.bus.wait_connected(20)
+            await lab.probe.wait_station_ready(20)
+            await asyncio.sleep(1.5)
+            await lab.swipe("AA11")
+            await lab.wait_charger_state(1, "finishing", "idle", timeout=20)
+            stop_call = await csms.wait_call("StopTransaction", timeout=20)
+            assert stop_call.payload["transactionId"] == csms.calls_of("StartTransaction")[0].transaction_id
+            assert csms.connections == connections, "the websocket to the CSMS stayed up"
+            events = [e for e in lab.events[1] if e["type"] == "transaction_started"]
+            session = (1, "AA11", events[0]["timestamp"])
+            report = check(csms.calls, {session})
+            assert (report.transactions, report.lost, report.duplicated, report.violations) == (1, 0, 0, [])
 
     run(main(), timeout=90)
 
@@ -194,26 +189,20 @@ def test_power_loss_stop_is_not_earlier_than_meter_values_already_sent(broker: B
     csms = RecordingCsms()
 
     async def main() -> None:
-        await csms.start()
-        async with BusProbe("127.0.0.1", broker.port) as probe:
-            station, _lab = await charging_station(tmp_path, broker, csms, probe)
-            try:
-                sample = await csms.wait_call("MeterValues", count=2, timeout=20)
-                station.kill()
-                station.start()
-                stop_call = await csms.wait_call("StopTransaction", timeout=40)
-                assert stop_call.payload["reason"] == "PowerLoss"
-                sent = [c for c in csms.calls_of("MeterValues") if c.received <= sample.received]
-                last = sent[-1].payload["meterValue"][-1]
-                energy = next(float(v["value"]) for v in last["sampledValue"]
-                              if v.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register")
-                report = check(csms.calls, set())
-                assert report.violations == [], report.violations
-                assert stop_call.payload["meterStop"] >= int(energy), (
-                    f"meterStop {stop_call.payload['meterStop']} below {energy} Wh already sent at {last['timestamp']}")
-            finally:
-                station.stop()
-        await csms.stop()
+        async with charging_station(tmp_path, broker, csms) as (station, _lab):
+            sample = await csms.wait_call("MeterValues", count=2, timeout=20)
+            station.kill()
+            station.start()
+            stop_call = await csms.wait_call("StopTransaction", timeout=40)
+            assert stop_call.payload["reason"] == "PowerLoss"
+            sent = [c for c in csms.calls_of("MeterValues") if c.received <= sample.received]
+            last = sent[-1].payload["meterValue"][-1]
+            energy = next(float(v["value"]) for v in last["sampledValue"]
+                          if v.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register")
+            report = check(csms.calls, set())
+            assert report.violations == [], report.violations
+            assert stop_call.payload["meterStop"] >= int(energy), (
+                f"meterStop {stop_call.payload['meterStop']} below {energy} Wh already sent at {last['timestamp']}")
 
     run(main(), timeout=90)
 
@@ -233,29 +222,23 @@ def test_a_start_answered_without_transaction_id_is_given_up_and_never_blocks_th
     csms = NoIdCsms()
 
     async def main() -> None:
-        await csms.start()
-        async with BusProbe("127.0.0.1", broker.port) as probe:
-            station, lab = await charging_station(tmp_path, broker, csms, probe)
-            try:
-                await asyncio.sleep(1.5)  # sampled MeterValues of the unplaceable transaction would be due
-                await lab.unplug(1)
-                await lab.wait_event(1, "transaction_finished")
-                await asyncio.sleep(1.0)
-                assert csms.calls_of("StopTransaction") == []
-                assert all("transactionId" not in c.payload for c in csms.calls_of("MeterValues"))
-                assert queued_messages(station.wiring) == 0, "nothing of it stays queued"
-                await lab.plug(1)
-                await lab.swipe("BB22")
-                second = await csms.wait_call("StartTransaction", count=2)
-                # the next transaction on the connector is metered and stopped as its own
-                await csms.wait_call("MeterValues", count=1 + len(csms.calls_of("MeterValues")))
-                sampled = [c for c in csms.calls_of("MeterValues") if c.payload.get("transactionId")]
-                assert sampled and {c.payload["transactionId"] for c in sampled} == {second.transaction_id}
-                await lab.unplug(1)
-                stop = await csms.wait_call("StopTransaction")
-                assert stop.payload["transactionId"] == second.transaction_id
-            finally:
-                station.stop()
-        await csms.stop()
+        async with charging_station(tmp_path, broker, csms) as (station, lab):
+            await asyncio.sleep(1.5)  # sampled MeterValues of the unplaceable transaction would be due
+            await lab.unplug(1)
+            await lab.wait_event(1, "transaction_finished")
+            await asyncio.sleep(1.0)
+            assert csms.calls_of("StopTransaction") == []
+            assert all("transactionId" not in c.payload for c in csms.calls_of("MeterValues"))
+            assert queued_messages(station.wiring) == 0, "nothing of it stays queued"
+            await lab.plug(1)
+            await lab.swipe("BB22")
+            second = await csms.wait_call("StartTransaction", count=2)
+            # the next transaction on the connector is metered and stopped as its own
+            await csms.wait_call("MeterValues", count=1 + len(csms.calls_of("MeterValues")))
+            sampled = [c for c in csms.calls_of("MeterValues") if c.payload.get("transactionId")]
+            assert sampled and {c.payload["transactionId"] for c in sampled} == {second.transaction_id}
+            await lab.unplug(1)
+            stop = await csms.wait_call("StopTransaction")
+            assert stop.payload["transactionId"] == second.transaction_id
 
     run(main(), timeout=60)
