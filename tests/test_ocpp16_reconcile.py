@@ -102,7 +102,7 @@ def test_a_stale_var_never_starts_a_closed_session_nor_stops_a_newer_transaction
     book = TransactionBook()
     started(book, "old")
     apply(book, reconcile(book, var("old", active=False), book.closed))
-    book.stop_delivered("old")
+    book.close("old")
     assert reconcile(book, var("old"), book.closed) == [], "closed: its StopTransaction was delivered"
     started(book, "new", at="2026-01-01T12:00:00.000Z")
     assert reconcile(book, var("older", started_at="2026-01-01T09:00:00.000Z"), book.closed) == []
@@ -163,7 +163,7 @@ def test_no_var_sequence_ever_starts_a_closed_or_known_session_or_stops_one_not_
         if step == "deliver":  # every queued StopTransaction answered: those sessions close
             for tx in book.all():
                 if tx.finished:
-                    book.stop_delivered(tx.session_id)
+                    book.close(tx.session_id)
             continue
         fixes = reconcile(book, step, book.closed)
         if step["session_id"] is None:

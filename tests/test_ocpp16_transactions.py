@@ -33,7 +33,7 @@ def test_start_and_stop_payloads_leave_the_id_to_the_queue() -> None:
                                              "reason": "Local", "idTag": "AA11"})]
     validate_request("StopTransaction", {**messages[0][1], "transactionId": 42})
     assert book.running() == [] and book.finished(event("transaction_finished", meter_Wh=1, reason="Local")) == []
-    book.stop_delivered("s1")
+    book.close("s1")
     assert book.all() == []
 
 
@@ -81,9 +81,9 @@ def test_a_closed_session_never_starts_again_whatever_event_comes_late() -> None
     book = TransactionBook()
     book.started(event("transaction_started", id_token="AA11", meter_Wh=1000))
     book.finished(event("transaction_finished", meter_Wh=1500, reason="Local"))
-    book.stop_delivered("s1")
+    book.close("s1")
     book.started(event("transaction_started", "s2", id_token="AA11", meter_Wh=0))
-    book.forget("s2")  # its StartTransaction was dropped
+    book.close("s2")  # its StartTransaction was dropped
     start_facts = {"id_token": "AA11", "meter_Wh": 1500, "transaction_started_at": "2026-01-01T09:00:00Z",
                    "meter_start_Wh": 1000}
     for session in ("s1", "s2"):
@@ -97,7 +97,7 @@ def test_a_closed_session_never_starts_again_whatever_event_comes_late() -> None
 def test_the_closed_sessions_in_memory_keep_the_newest() -> None:
     book = TransactionBook(closed=[f"old{i}" for i in range(CLOSED_SESSIONS_KEPT)])
     book.started(event("transaction_started", "new", id_token="AA11", meter_Wh=0))
-    book.stop_delivered("new")
+    book.close("new")
     assert len(book.closed) == CLOSED_SESSIONS_KEPT and "new" in book.closed and "old0" not in book.closed
 
 

@@ -54,7 +54,6 @@ class EvseManager(Module):
                              thread_name=f"{self.id}-session-file")
         self.energy_request: RequestEnergy | None = None
         self.energy_changed = asyncio.Event()
-        self.has_powermeter = config.has_powermeter
         self.has_energy = len(self.requires["energy"]) == 1
         self._serve_cmds()
         self._subscribe()
@@ -99,7 +98,7 @@ class EvseManager(Module):
         board.subscribe("capabilities", lambda value: self.feed(core.capabilities, value))
         board.on_error(lambda kind, body: self.feed(core.board_error, kind, bool(body.get("active")),
                                                     str(body.get("message", ""))))
-        if self.has_powermeter:
+        if self.evse_config.has_powermeter:
             meter = self.requires["powermeter"]
             meter.subscribe("powermeter", self.on_meter_reading)
             meter.on_error(lambda kind, body: self.feed(core.fault, "powermeter_failure", f"powermeter:{kind}",
@@ -141,7 +140,7 @@ class EvseManager(Module):
         return {"evse_id": config.evse_id, "connector_id": config.connector_id,
                 "connector_type": config.connector_type, "max_current_A": config.max_current_A,
                 "min_current_A": config.min_current_A, "phases": config.phases,
-                "nominal_voltage_V": config.nominal_voltage_V, "has_powermeter": self.has_powermeter}
+                "nominal_voltage_V": config.nominal_voltage_V, "has_powermeter": config.has_powermeter}
 
     async def force_unlock(self) -> str:
         supported, actions = self.core.force_unlock(now_utc())

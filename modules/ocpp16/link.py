@@ -101,15 +101,15 @@ class OcppLink:
             number = self.number
             if number is None:
                 return
-            for frame in self.rpc.frames_to_send(asyncio.get_running_loop().time()):
-                if self.message_log is not None:
-                    self.message_log.write("out", frame)
-                try:
+            try:
+                for frame in self.rpc.frames_to_send(asyncio.get_running_loop().time()):
+                    if self.message_log is not None:
+                        self.message_log.write("out", frame)
                     await self.connection.send(frame, number)
-                except NotConnectedError as exc:
-                    self.log.debug("frame not sent, connection gone", error=str(exc))
-                    return
-            self._arm_timer()
+            except NotConnectedError as exc:
+                self.log.debug("frame not sent, connection gone", error=str(exc))
+            finally:
+                self._arm_timer()  # a CALL that went out has a deadline now
 
     async def run_events(self) -> None:
         async for event in self.connection.events():
@@ -142,7 +142,6 @@ class OcppLink:
             self._changed.clear()
             self._handle(self.rpc.poll(loop.time()))
             await self.flush()
-            self._arm_timer()
 
     def _arm_timer(self) -> None:
         deadline = self.rpc.next_deadline()

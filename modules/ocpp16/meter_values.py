@@ -198,14 +198,21 @@ def _collect(group: Mapping[str, Any], keys: Sequence[str], unit: str | None, si
              label: PhaseLabel) -> list[ValueRow]:
     found = []
     for key in keys:
-        number = _number(group.get(key))
+        number = finite_number(group.get(key))
         if number is not None:
             directed = number if sign == 0 else max(0.0, sign * number)
             found.append((format_value(directed), unit, label(key)))
     return found
 
 
-def _number(value: Any) -> float | None:
+def energy_register_Wh(reading: Mapping[str, Any]) -> float | None:
+    """The import energy register of a powermeter reading, when it has a usable one."""
+    energy = finite_number(_group(reading, "energy_Wh_import").get("total"))
+    return energy if energy is not None and energy >= 0 else None
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite JSON number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:

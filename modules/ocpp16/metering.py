@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from chargepoint.timestamps import to_rfc3339
 
+from .meter_values import energy_register_Wh
+from .reconcile import ended_on_evse
+
 if TYPE_CHECKING:
     from .configuration import Configuration
     from .link import OcppLink
@@ -44,8 +47,7 @@ class Metering:
         """The EVSE's session var says this transaction ended (its finish event was missed and is being
         reconciled): no more samples for it."""
         session = self.sessions.get(tx.connector_id)
-        return (session is not None and session.get("session_id") == tx.session_id
-                and session.get("transaction_active") is False)
+        return session is not None and ended_on_evse(session, tx.session_id)
 
     async def _aligned_meter_values(self) -> None:
         """Sample.Clock MeterValues every ClockAlignedDataInterval from midnight UTC (a change applies within 5 s)."""
@@ -86,8 +88,8 @@ class Metering:
             return False
         payload: dict[str, Any] = {"connectorId": connector_id, "meterValue": [value]}
         if tx is not None and queued:
-            energy = reading.get("energy_Wh_import", {}).get("total")
-            if isinstance(energy, int | float) and not isinstance(energy, bool):
+            energy = energy_register_Wh(reading)
+            if energy is not None:
                 self.book.sampled(tx.session_id, energy, value["timestamp"])
             self.sender.enqueue([("MeterValues", payload)], tx.session_id)
             return True

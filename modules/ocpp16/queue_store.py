@@ -87,7 +87,7 @@ class QueueStore:
               forget: Sequence[str] = (), durable: bool = True) -> None:
         """One commit of everything given; ``durable`` flushes it to disk before returning. A session in
         ``forget`` leaves the transactions and is recorded as closed."""
-        closed_at = utc_now()
+        closed_at = utc_now() if forget else ""
         statements = [(sql, rows) for sql, rows in (
             (INSERT_MESSAGE, [(m.seq, m.action, json.dumps(m.payload, separators=(",", ":")), m.session_id,
                                m.attempts, at) for m, at in add]),

@@ -19,6 +19,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .meter_values import finite_number
 from .transactions import Transaction, TransactionBook, is_later
 
 RECONCILE_GRACE_S = 3.0
@@ -45,7 +46,8 @@ Fix = MissedFinish | MissedStart
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
+    number = finite_number(value)
+    return number if number is not None and number >= 0 else None
 
 
 def _finish(tx: Transaction, meter_Wh: float | None, at: Any) -> MissedFinish:
@@ -54,6 +56,11 @@ def _finish(tx: Transaction, meter_Wh: float | None, at: Any) -> MissedFinish:
         "type": "transaction_finished", "session_id": tx.session_id, "evse_id": tx.connector_id,
         "connector_id": tx.connector_id, "timestamp": at if isinstance(at, str) else tx.started_at,
         "meter_Wh": meter_Wh if meter_Wh is not None else 0.0, "reason": STOP_REASON})
+
+
+def ended_on_evse(var: Mapping[str, Any], session_id: str) -> bool:
+    """The session var shows ``session_id`` with its transaction over on the EVSE."""
+    return var.get("session_id") == session_id and var.get("transaction_active") is False
 
 
 def reconcile(book: TransactionBook, var: Mapping[str, Any], closed: Container[str]) -> list[Fix]:
@@ -71,7 +78,7 @@ def reconcile(book: TransactionBook, var: Mapping[str, Any], closed: Container[s
     meter_start = _number(var.get("meter_start_Wh"))
     fixes: list[Fix] = []
     for tx in on_connector:
-        if tx.session_id == session_id and not active:  # its transaction is over on the EVSE
+        if ended_on_evse(var, tx.session_id):
             energy = _number(var.get("energy_Wh"))
             meter_stop = None if meter_start is None else meter_start + (energy or 0.0)
             fixes.append(_finish(tx, meter_stop, var.get("timestamp")))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from chargepoint.module import RequiredConnection
 
+from .meter_values import energy_register_Wh
 from .reconcile import Fix, GracePeriods, MissedFinish, reconcile
 from .transactions import Transaction, TransactionEventError
 
@@ -108,9 +109,9 @@ class Transacting:
 
     def _meter_start_fallback(self, reading: dict[str, Any] | None, session_id: str | None) -> float:
         """meterStart for a transaction the EVSE started without a meter value (its meter never answered)."""
-        energy = (reading or {}).get("energy_Wh_import", {}).get("total")
-        if isinstance(energy, int | float) and not isinstance(energy, bool) and energy >= 0:
-            return float(energy)
+        energy = None if reading is None else energy_register_Wh(reading)
+        if energy is not None:
+            return energy
         self.log.warning("transaction started without a meter reading; meterStart 0",  # type: ignore[attr-defined]
                          session_id=session_id)
         return 0.0

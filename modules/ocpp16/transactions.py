@@ -173,12 +173,9 @@ class TransactionBook:
         messages.append(("StopTransaction", stop))
         return messages
 
-    def stop_delivered(self, session_id: str) -> None:
-        """StopTransaction.conf arrived (or the stop was dropped): the transaction is over for the CSMS."""
-        self._close(session_id)
-
-    def forget(self, session_id: str) -> None:
-        """Its StartTransaction was dropped: the CSMS will never know the transaction; it is closed too."""
+    def close(self, session_id: str) -> None:
+        """The transaction is over for the CSMS: its StopTransaction was delivered (or dropped), or its
+        StartTransaction was dropped or answered without a transactionId (the CSMS will never place it)."""
         self._close(session_id)
 
     def all(self) -> list[Transaction]:

@@ -147,11 +147,8 @@ class TransactionalSender:
                     started = self.book.session(message.session_id)
                     if started is not None:
                         saved.append(started)
-                elif message.action == "StopTransaction":
-                    self.book.stop_delivered(message.session_id)
-                    forget.append(message.session_id)
-                elif message.action == "StartTransaction":  # answered without a transactionId: unplaceable
-                    self.book.forget(message.session_id)
+                elif message.action in ("StopTransaction", "StartTransaction"):  # a Start: without an id
+                    self.book.close(message.session_id)
                     forget.append(message.session_id)
             elif isinstance(effect, Retrying):
                 attempts.append((effect.message.seq, effect.message.attempts))
@@ -161,7 +158,7 @@ class TransactionalSender:
                                actions=",".join(m.action for m in effect.messages))
                 for m in effect.messages:
                     if m.action == "StartTransaction" and m.session_id is not None:
-                        self.book.forget(m.session_id)
+                        self.book.close(m.session_id)
                         forget.append(m.session_id)
         self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget, durable=False)
         if started is not None and answer is not None:
