@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chargepoint.storage import read_sequence_mark
+
 QUEUE_FILE = "ocpp-queue.sqlite3"
+DELIVERED_MARK_SUFFIX = "-delivered"  # messages at or below this mark were answered (modules/ocpp16/queue_store.py)
 EXIT_USAGE = 2
 
 
@@ -55,14 +58,16 @@ def _queue_file(args: argparse.Namespace) -> Path:
 def _read(queue_file: Path, everything: bool) -> dict[str, Any]:
     if not queue_file.exists():
         return {"file": str(queue_file), "types": [], "messages": []}
+    delivered = read_sequence_mark(queue_file.with_name(queue_file.name + DELIVERED_MARK_SUFFIX))
     db = sqlite3.connect(f"file:{queue_file}?mode=ro", uri=True)
     try:
         types = [{"action": a, "count": n, "oldest": old, "newest": new} for a, n, old, new in db.execute(
-            "SELECT action, COUNT(*), MIN(queued_at), MAX(queued_at) FROM messages GROUP BY action ORDER BY MIN(seq)")]
+            "SELECT action, COUNT(*), MIN(queued_at), MAX(queued_at) FROM messages WHERE seq > ? GROUP BY action "
+            "ORDER BY MIN(seq)", (delivered,))]
         messages = [{"seq": seq, "action": action, "session_id": session, "attempts": attempts, "queued_at": at,
                      "payload": json.loads(payload)} for seq, action, session, attempts, at, payload in db.execute(
-            "SELECT seq, action, session_id, attempts, queued_at, payload FROM messages ORDER BY seq")] \
-            if everything else []
+            "SELECT seq, action, session_id, attempts, queued_at, payload FROM messages WHERE seq > ? ORDER BY seq",
+            (delivered,))] if everything else []
     finally:
         db.close()
     return {"file": str(queue_file), "types": types, "messages": messages}

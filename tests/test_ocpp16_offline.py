@@ -127,7 +127,7 @@ def test_a_stored_message_the_schema_refuses_is_dropped_and_the_rest_still_goes(
     the queue: the bad message is dropped with an error line, the ones after it are delivered in order."""
     from modules.ocpp16.queue_store import QueueStore
     from modules.ocpp16.transactions import Transaction
-    from modules.ocpp16.tx_queue import TransactionQueue
+    from modules.ocpp16.tx_queue import QueuedMessage, TransactionQueue
 
     session = "stored-session"
     (tmp_path / "state" / "ocpp").mkdir(parents=True)
@@ -138,8 +138,11 @@ def test_a_stored_message_the_schema_refuses_is_dropped_and_the_rest_still_goes(
     bad = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-22T10:01:00.000Z",
                                              "sampledValue": [{"value": 1600}]}]}  # value must be a string
     stop = {"meterStop": 1700, "timestamp": "2026-11-22T10:02:00.000Z", "reason": "Local"}
-    rows = [(queue.add(action, payload, session)[0], "2026-11-22T10:00:00.000Z")
-            for action, payload in (("MeterValues", good), ("MeterValues", bad), ("StopTransaction", stop))]
+    first = queue.add("MeterValues", good, session)[0]
+    refused = QueuedMessage(first.seq + 1, "MeterValues", bad, session)  # the queue itself would refuse it
+    rows = [(message, "2026-11-22T10:00:00.000Z") for message in (first, refused)]
+    queue = TransactionQueue.restore([], {session: 77}, 10, refused.seq)
+    rows.append((queue.add("StopTransaction", stop, session)[0], "2026-11-22T10:00:00.000Z"))
     store.write(add=rows, transactions=[Transaction(session, 1, "AA11", 1000, "2026-11-22T09:00:00.000Z", 77,
                                                     finished=True)])
     store.close()

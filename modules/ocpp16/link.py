@@ -25,7 +25,18 @@ from .connection import (
     TextReceived,
 )
 from .message_log import MessageLog
-from .rpc import CallAborted, CallError, CallResult, Event, IncomingCall, ProtocolError, Requeued, RpcSession, Timeout
+from .rpc import (
+    CallAborted,
+    CallError,
+    CallResult,
+    CheckedPayload,
+    Event,
+    IncomingCall,
+    ProtocolError,
+    Requeued,
+    RpcSession,
+    Timeout,
+)
 
 Outcome = CallResult | CallError | Timeout | CallAborted
 
@@ -33,7 +44,7 @@ Outcome = CallResult | CallError | Timeout | CallAborted
 @dataclass
 class _Pending:
     action: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] | CheckedPayload
     urgent: bool
     transactional: bool
     attempts_left: int
@@ -64,8 +75,8 @@ class OcppLink:
     def connected(self) -> bool:
         return self.number is not None
 
-    def send(self, action: str, payload: dict[str, Any], *, urgent: bool = False, transactional: bool = False,
-             attempts: int = 1, flushed_by_caller: bool = False,
+    def send(self, action: str, payload: dict[str, Any] | CheckedPayload, *, urgent: bool = False,
+             transactional: bool = False, attempts: int = 1, flushed_by_caller: bool = False,
              on_done: Callable[[Outcome], None] | None = None) -> asyncio.Future[Outcome]:
         """Queue one CALL; raises PayloadError/ValueError for a payload the schema refuses (nothing queued).
 

@@ -4,10 +4,16 @@ A message is committed before it is handed to the connection and deleted only wh
 (answered, or dropped after its attempts); transactions stay until their StopTransaction was delivered.
 
 New messages are committed with ``synchronous=FULL`` (they survive power loss). What follows a delivery
-(the delete, the transactionId from StartTransaction.conf) is committed with ``synchronous=NORMAL``: in WAL
-mode that survives a killed process but not an OS crash, where it can cost a second delivery of the same
-message (the CSMS sees a retransmission), never a lost one. It keeps the replay of a long queue from
-waiting for a disk flush per message.
+(the transactionId from StartTransaction.conf, the end of a transaction) is committed with
+``synchronous=NORMAL``: in WAL mode that survives a killed process but not an OS crash, where it can cost a
+second delivery of the same message (the CSMS sees a retransmission), never a lost one.
+
+An answered message is recorded first in the *delivered mark* (``<database>-delivered``, one ``pwrite``
+of its sequence number, a few microseconds) and deleted from the database in batches of
+``DELETE_BATCH``, or when the queue has nothing to send. Delivery goes strictly in sequence order, so
+"delivered up to N" is exact: rows at or below the mark are deleted when the store opens and are never
+shown or loaded. The mark has the same durability as a NORMAL commit. It keeps the replay of a long queue
+from waiting for a database commit per message.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chargepoint.storage import open_sqlite
+from chargepoint.storage import SequenceMark, open_sqlite
 from chargepoint.timestamps import utc_now
 
 from .transactions import CLOSED_SESSIONS_KEPT, Transaction
@@ -36,6 +42,8 @@ CREATE TABLE IF NOT EXISTS closed_sessions (session_id TEXT PRIMARY KEY, closed_
 """
 
 
+DELETE_BATCH = 256
+DELIVERED_SUFFIX = "-delivered"
 INSERT_MESSAGE = ("INSERT INTO messages (seq, action, payload, session_id, attempts, queued_at) "
                   "VALUES (?,?,?,?,?,?)")
 # Newest by rowid, not by closed_at: a clock set back (by the CSMS) must not make a fresh closing the oldest.
@@ -55,21 +63,46 @@ class QueueStore:
             self.db = open_sqlite(path)
             self.db.executescript(SCHEMA)
             self._durable = True
-        except sqlite3.Error as exc:
+            self._delivered = SequenceMark(delivered_mark_path(path))
+            self.db.execute("DELETE FROM messages WHERE seq <= ?", (self._delivered.value,))
+        except (sqlite3.Error, OSError) as exc:
             raise QueueStoreError(f"{path}: {exc}") from None
+        self._undeleted: list[int] = []
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.flush_delivered()
+        finally:
+            self._delivered.close()
+            self.db.close()
+
+    def delivered(self, seq: int) -> None:
+        """Message ``seq`` (the lowest still queued) was answered: it must never be loaded again."""
+        try:
+            self._delivered.advance(seq)
+        except OSError:  # no mark: delete it now, the slow way
+            self.write(delete=[seq], durable=False)
+            return
+        self._undeleted.append(seq)
+        if len(self._undeleted) >= DELETE_BATCH:
+            self.flush_delivered()
+
+    def flush_delivered(self) -> None:
+        """Delete the rows of messages delivered since the last commit (they are already below the mark)."""
+        if self._undeleted:
+            self._commit((), (), (), (), (), durable=False)
 
     def load_messages(self) -> list[QueuedMessage]:
-        rows = self.db.execute("SELECT seq, action, payload, session_id, attempts FROM messages ORDER BY seq")
+        rows = self.db.execute("SELECT seq, action, payload, session_id, attempts FROM messages WHERE seq > ? "
+                               "ORDER BY seq", (self._delivered.value,))
         return [QueuedMessage(seq, action, json.loads(payload), session_id, attempts)
                 for seq, action, payload, session_id, attempts in rows]
 
     def last_seq(self) -> int:
-        """The highest sequence number ever stored (AUTOINCREMENT keeps it after deletes)."""
+        """The highest sequence number ever stored (AUTOINCREMENT keeps it after deletes) or marked delivered,
+        so new messages always number above the mark, even in a database made anew beside an old mark."""
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
-        return int(row[0]) if row else 0
+        return max(int(row[0]) if row else 0, self._delivered.value)
 
     def load_transactions(self) -> list[Transaction]:
         rows = self.db.execute("SELECT session_id, connector_id, id_tag, meter_start_Wh, started_at, "
@@ -85,13 +118,20 @@ class QueueStore:
     def write(self, *, add: Sequence[tuple[QueuedMessage, str]] = (), delete: Sequence[int] = (),
               attempts: Sequence[tuple[int, int]] = (), transactions: Sequence[Transaction] = (),
               forget: Sequence[str] = (), durable: bool = True) -> None:
-        """One commit of everything given; ``durable`` flushes it to disk before returning. A session in
-        ``forget`` leaves the transactions and is recorded as closed."""
+        """One commit of everything given (and of the deletes waiting below the delivered mark); ``durable``
+        flushes it to disk before returning. A session in ``forget`` leaves the transactions and is recorded
+        as closed."""
+        if add or delete or attempts or transactions or forget:
+            self._commit(add, delete, attempts, transactions, forget, durable)
+
+    def _commit(self, add: Sequence[tuple[QueuedMessage, str]], delete: Sequence[int],
+                attempts: Sequence[tuple[int, int]], transactions: Sequence[Transaction], forget: Sequence[str],
+                durable: bool) -> None:
         closed_at = utc_now() if forget else ""
         statements = [(sql, rows) for sql, rows in (
-            (INSERT_MESSAGE, [(m.seq, m.action, json.dumps(m.payload, separators=(",", ":")), m.session_id,
-                               m.attempts, at) for m, at in add]),
-            ("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in delete]),
+            (INSERT_MESSAGE, [(m.seq, m.action, m.text or json.dumps(m.payload, separators=(",", ":")),
+                               m.session_id, m.attempts, at) for m, at in add]),
+            ("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in [*self._undeleted, *delete]]),
             ("UPDATE messages SET attempts = ? WHERE seq = ?", [(n, seq) for seq, n in attempts]),
             ("INSERT OR REPLACE INTO transactions VALUES (?,?,?,?,?,?,?,?,?)",
              [(t.session_id, t.connector_id, t.id_tag, t.meter_start_Wh, t.started_at, t.transaction_id,
@@ -107,16 +147,21 @@ class QueueStore:
                 self._durable = durable
             if len(statements) == 1 and len(statements[0][1]) == 1:
                 self.db.execute(statements[0][0], statements[0][1][0])  # autocommit: one statement, one commit
-                return
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                for sql, rows in statements:
-                    self.db.executemany(sql, rows)
+            else:
+                with self.db:
+                    self.db.execute("BEGIN IMMEDIATE")
+                    for sql, rows in statements:
+                        self.db.executemany(sql, rows)
+            self._undeleted.clear()
         except sqlite3.Error as exc:
             raise QueueStoreError(f"{self.path}: {exc}") from None
 
     def summary(self) -> list[dict[str, Any]]:
         """Per action: how many, the oldest and newest queued time (for ``chargepoint ocpp queue``)."""
         rows = self.db.execute("SELECT action, COUNT(*), MIN(queued_at), MAX(queued_at), MIN(seq) FROM messages "
-                               "GROUP BY action ORDER BY MIN(seq)")
+                               "WHERE seq > ? GROUP BY action ORDER BY MIN(seq)", (self._delivered.value,))
         return [{"action": a, "count": n, "oldest": old, "newest": new} for a, n, old, new, _ in rows]
+
+
+def delivered_mark_path(database: Path) -> Path:
+    return database.with_name(database.name + DELIVERED_SUFFIX)

@@ -94,6 +94,19 @@ def encode(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+class CheckedPayload(str):
+    """The compact JSON text of a CALL payload that was already checked against its action's schema: the
+    session sends it as it is. Made by :func:`checked_request` (or by a caller that validated it itself)."""
+
+    __slots__ = ()
+
+
+def checked_request(action: str, payload: dict[str, Any]) -> CheckedPayload:
+    """Validate and encode a CALL payload once, for a caller that keeps it to send later (or again)."""
+    validate_request(action, payload)
+    return CheckedPayload(encode(payload))
+
+
 def encode_call(message_id: str, action: str, payload: dict[str, Any]) -> str:
     """A CALL frame, its payload checked against the action's schema first."""
     validate_request(action, payload)
@@ -137,17 +150,18 @@ class RpcSession:
         self.held = False
 
     # -- our CALLs ------------------------------------------------------------------------------
-    def send_call(self, action: str, payload: dict[str, Any], *, timeout_s: float | None = None,
+    def send_call(self, action: str, payload: dict[str, Any] | CheckedPayload, *, timeout_s: float | None = None,
                   urgent: bool = False) -> str:
         """Queue a CALL and return its message id.
 
         ``urgent`` calls go ahead of the others and out even while the queue is held (BootNotification
-        before it was accepted). Raises ``PayloadError``/``ValueError`` when the payload is not valid.
+        before it was accepted). Raises ``PayloadError``/``ValueError`` when the payload is not valid; a
+        ``CheckedPayload`` was checked by whoever made it and goes as it is.
         """
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        validate_request(action, payload)
-        call = _OutgoingCall(self._new_id(), action, encode(payload), timeout_s or self.call_timeout_s, urgent)
+        text = payload if isinstance(payload, CheckedPayload) else checked_request(action, payload)
+        call = _OutgoingCall(self._new_id(), action, text, timeout_s or self.call_timeout_s, urgent)
         (self._urgent if urgent else self._normal).append(call)
         return call.message_id
 

@@ -6,6 +6,8 @@ StartTransaction, StopTransaction, MeterValues of a transaction and SecurityEven
 - strictly in order: one message out at a time, the next only when the previous one ended;
 - a message of a transaction carries no transactionId while queued: it is filled in when the message goes
   out, from the StartTransaction.conf of that transaction (so nothing ever carries -1, 0 or a made-up id);
+- a payload is checked against its action's schema once, when it is queued or restored (a stored one the
+  schema refuses is set apart in ``refused``), and kept as JSON text: a replay only fills in the id;
 - a CALLERROR or a timeout while connected is a failed delivery: tried again after
   ``retry_interval_s * attempts`` with a fresh message id, up to ``attempts`` deliveries, then dropped;
   a connection that drops while the message is out costs no attempt;
@@ -20,6 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .rpc import CheckedPayload, checked_request, encode
+from .schemas import validate_request
 
 TRANSACTIONAL_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues", "SecurityEventNotification")
 NEVER_THINNED = ("StartTransaction", "StopTransaction", "SecurityEventNotification")
@@ -40,6 +45,8 @@ class QueuedMessage:
     """Failed deliveries so far."""
     not_before: float = 0.0
     """Monotonic time before which it must not be sent again (after a failed delivery)."""
+    text: str = ""
+    """``payload`` as compact JSON, valid against the schema once the transactionId is in (set by the queue)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class TransactionQueue:
     transaction_ids: dict[str, int] = field(default_factory=dict)
     """session id -> the CSMS's transactionId, once StartTransaction.conf arrived."""
     in_flight: int | None = None
+    refused: list[tuple[QueuedMessage, str]] = field(default_factory=list)
+    """Restored messages whose payload the schema refuses, with why: never sent (the shell deletes them)."""
     _next_seq: int = 1
 
     @classmethod
@@ -77,7 +86,14 @@ class TransactionQueue:
                 max_messages: int = 1000, last_seq: int = 0) -> TransactionQueue:
         """The queue as stored; ``last_seq`` is the highest number ever given, so numbers are never reused."""
         ordered = sorted(messages, key=lambda m: m.seq)
-        queue = cls(max_messages, ordered, dict(transaction_ids))
+        queue = cls(max_messages, [], dict(transaction_ids))
+        for message in ordered:
+            try:
+                message.text = _checked_text(message.action, message.payload, message.session_id)
+            except ValueError as exc:  # PayloadError too
+                queue.refused.append((message, str(exc)))
+                continue
+            queue.messages.append(message)
         queue._next_seq = max([last_seq, *(m.seq for m in ordered)]) + 1
         return queue
 
@@ -90,7 +106,9 @@ class TransactionQueue:
 
     def add(self, action: str, payload: dict[str, Any], session_id: str | None = None) -> tuple[QueuedMessage,
                                                                                                Dropped | None]:
-        """Queue one message; also what the size bound pushed out to make room (to delete from storage)."""
+        """Queue one message; also what the size bound pushed out to make room (to delete from storage).
+
+        Raises ``PayloadError``/``ValueError`` for a payload the action's schema refuses (nothing queued)."""
         if action not in TRANSACTIONAL_ACTIONS:
             raise ValueError(f"{action} is not a transaction-related message")
         if "transactionId" in payload and session_id is not None:
@@ -99,7 +117,8 @@ class TransactionQueue:
                 and not any(m.session_id == session_id and m.action == "StartTransaction" for m in self.messages)):
             raise OrphanMessageError(f"{action} of session {session_id}: its StartTransaction was neither "
                                      "answered nor is it queued (dropped after its attempts)")
-        message = QueuedMessage(self._next_seq, action, dict(payload), session_id)
+        message = QueuedMessage(self._next_seq, action, dict(payload), session_id,
+                                text=_checked_text(action, payload, session_id))
         self._next_seq += 1
         thinned = self._make_room() if len(self.messages) >= self.max_messages else None
         self.messages.append(message)
@@ -129,15 +148,16 @@ class TransactionQueue:
             return None
         return self.messages[0].not_before
 
-    def outgoing_payload(self, message: QueuedMessage) -> dict[str, Any]:
-        """The payload as sent: with the transactionId of its transaction filled in."""
+    def outgoing_payload(self, message: QueuedMessage) -> CheckedPayload:
+        """The payload as sent (JSON text): with the transactionId of its transaction filled in."""
         if message.session_id is None or message.action == "StartTransaction":
-            return message.payload
+            return CheckedPayload(message.text)
         transaction_id = self.transaction_ids.get(message.session_id)
         if transaction_id is None:
             raise LookupError(f"{message.action} of session {message.session_id} before its StartTransaction "
                               "was answered")
-        return {**message.payload, "transactionId": transaction_id}
+        rest = message.text[1:]  # the object's members after its "{", or only "}"
+        return CheckedPayload(f'{{"transactionId":{transaction_id}{"" if rest == "}" else ","}{rest}')
 
     def sent(self, message: QueuedMessage) -> None:
         self.in_flight = message.seq
@@ -193,3 +213,14 @@ class TransactionQueue:
         for message in self.messages:
             counts[message.action] = counts.get(message.action, 0) + 1
         return counts
+
+
+def _checked_text(action: str, payload: dict[str, Any], session_id: str | None) -> str:
+    """The payload's JSON, checked as it will be sent: a message of a transaction gets its transactionId
+    (an integer, all the schema asks of it) only then, so it is checked with a stand-in."""
+    if session_id is None or action == "StartTransaction":
+        return checked_request(action, payload)
+    if "transactionId" in payload:
+        raise ValueError(f"{action} of a session carries a transactionId while queued")
+    validate_request(action, {**payload, "transactionId": 0})
+    return encode(payload)

@@ -48,6 +48,12 @@ class TransactionalSender:
             tx.session_id: tx.transaction_id for tx in book.all() if tx.transaction_id is not None}, max_messages,
             store.last_seq())
         self.wake = asyncio.Event()
+        for message, problem in self.queue.refused:
+            log.error("stored transactional message refused by the OCPP schema, dropped", action=message.action,
+                      seq=message.seq, error=problem)
+        if self.queue.refused:
+            self._commit(delete=[m.seq for m, _ in self.queue.refused])
+            self.queue.refused.clear()
         if self.queue.messages:
             log.info("transactional messages waiting from before the restart", **self.queue.counts())
 
@@ -59,6 +65,10 @@ class TransactionalSender:
                 message, thinned = self.queue.add(action, payload, session_id)
             except OrphanMessageError as exc:
                 self.log.error("transactional message not queued", error=str(exc))
+                continue
+            except ValueError as exc:  # PayloadError too: a bug upstream, but never a message the CSMS refuses
+                self.log.error("transactional message refused by the OCPP schema, not queued", action=action,
+                               error=str(exc))
                 continue
             added.append((message, utc_now()))
             if thinned is not None:
@@ -72,8 +82,11 @@ class TransactionalSender:
         self._commit(transactions=[tx])
 
     def _commit(self, **changes: Any) -> None:
+        self._store(self.store.write, **changes)
+
+    def _store(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
-            self.store.write(**changes)
+            write(*args, **kwargs)
         except QueueStoreError as exc:  # the message still goes out from memory; only a restart would lose it
             self.log.error("queue storage failed", error=str(exc))
 
@@ -110,9 +123,6 @@ class TransactionalSender:
                 return True
             except LookupError as exc:  # cannot happen in order; never send a made-up id
                 self.log.error("queued message cannot be sent", error=str(exc), action=message.action)
-            except ValueError as exc:  # PayloadError too: a stored payload the schema refuses can never go
-                self.log.error("queued message refused by the OCPP schema, dropped", action=message.action,
-                               error=str(exc))
             self._apply(self.queue.failed(loop.time(), 0, 0))
         return False
 
@@ -128,6 +138,7 @@ class TransactionalSender:
             self._apply(self.queue.failed(asyncio.get_running_loop().time(), self.attempts(),
                                           self.retry_interval_s()))
         if not self._pump():
+            self._store(self.store.flush_delivered)  # the replay paused or ended: tidy the database now
             self.wake.set()
 
     def _apply(self, effects: list[QueueEffect], answer: dict[str, Any] | None = None) -> None:
@@ -139,7 +150,7 @@ class TransactionalSender:
         for effect in effects:
             if isinstance(effect, Delivered):
                 message = effect.message
-                delete.append(message.seq)
+                self._store(self.store.delivered, message.seq)
                 if message.session_id is None:
                     continue
                 if effect.transaction_id is not None:
