@@ -31,8 +31,10 @@ def started(book: TransactionBook, session: str = "s1", evse: int = 1, at: str =
 
 def var(session: str | None = "s1", *, active: bool = True, evse: int = 1, started_at: str | None = T0,
         meter_start: float | None = 1000, energy: float | None = 0, at: str = "2026-01-01T10:30:00.000Z",
-        id_token: str | None = "AA11") -> dict[str, Any]:
-    return {"evse_id": evse, "session_id": session, "active": active, "started_at": started_at, "id_token": id_token,
+        id_token: str | None = "AA11", session_started_at: str | None = None) -> dict[str, Any]:
+    """``started_at``: the transaction's start (and the session's, unless ``session_started_at``)."""
+    return {"evse_id": evse, "session_id": session, "active": active,
+            "started_at": session_started_at or started_at, "id_token": id_token,
             "parent_id": None, "transaction_active": active, "transaction_started_at": started_at,
             "meter_start_Wh": meter_start, "energy_Wh": energy, "power_W": None, "timestamp": at}
 
@@ -82,6 +84,21 @@ def test_a_new_transaction_on_the_connector_stops_the_old_one_where_the_new_one_
     assert [tx.session_id for tx in book.running()] == ["s2"]
 
 
+def test_a_later_session_without_a_transaction_stops_the_old_one_at_its_last_sample() -> None:
+    """The finish was lost and the next driver plugged in but never started charging: the old transaction
+    must not stay open at the CSMS until somebody charges on that connector again."""
+    book = TransactionBook()
+    started(book, "s1")
+    book.sampled("s1", 1800.0, "2026-01-01T10:50:00.000Z")
+    later = var("s2", active=False, started_at=None, meter_start=None, energy=None,
+                session_started_at="2026-01-01T11:00:00.000Z")
+    fixes = reconcile(book, later, book.closed)
+    assert [(type(f), f.session_id) for f in fixes] == [(MissedFinish, "s1")]
+    assert apply(book, fixes) == [
+        ("StopTransaction", {"meterStop": 1800, "timestamp": "2026-01-01T11:00:00.000Z", "reason": "Other"})]
+    assert reconcile(book, later, book.closed) == []
+
+
 def test_a_missed_start_is_rebuilt_from_the_var_once() -> None:
     book = TransactionBook()
     messages = apply(book, reconcile(book, var("s9", evse=2, meter_start=1500.2), book.closed))
@@ -94,7 +111,8 @@ def test_vars_without_a_session_or_transaction_and_agreeing_vars_change_nothing(
     book = TransactionBook()
     started(book)
     assert reconcile(book, var(None, active=False, started_at=None, meter_start=None, energy=None), book.closed) == []
-    assert reconcile(book, var("s2", active=False, started_at=None), book.closed) == [], "plugged, not started"
+    assert reconcile(book, var("s2", active=False, started_at=None, session_started_at="2026-01-01T09:00:00.000Z"),
+                     book.closed) == [], "an older session without a transaction: a stale var"
     assert reconcile(book, var("s1"), book.closed) == []
 
 
@@ -143,7 +161,7 @@ vars_ = st.builds(
     var, st.sampled_from([*SESSIONS, None]), active=st.booleans(), evse=st.integers(1, 2),
     started_at=st.sampled_from([*TIMES, None]), meter_start=st.one_of(st.none(), st.integers(0, 10_000)),
     energy=st.one_of(st.none(), st.integers(0, 10_000)), at=st.sampled_from(TIMES),
-    id_token=st.sampled_from(["AA11", None, "X" * 21]))
+    id_token=st.sampled_from(["AA11", None, "X" * 21]), session_started_at=st.sampled_from([*TIMES, None]))
 steps = st.lists(st.one_of(vars_, st.just("deliver")), max_size=30)
 
 

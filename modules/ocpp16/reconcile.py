@@ -7,10 +7,16 @@ what the EVSE believes; :func:`reconcile` compares it with the transaction book 
 The shell waits :data:`RECONCILE_GRACE_S` after a disagreeing var and asks again with the latest var and
 book, so an event that is merely late arrives first and nothing is done twice.
 
-Never acted on: a var without a session or transaction (the evse_manager publishes one while it restores a
-persisted transaction after its restart, then sends ``session_resumed`` or a PowerLoss
-``transaction_finished`` itself), a session whose transaction is closed at the CSMS, and a var older than a
-transaction the book has on that connector (both: a stale retained var, e.g. after a kill -9).
+A var showing a later session on the connector than a transaction of the book (with or without a
+transaction of its own) means that transaction is over: it is stopped where the later transaction began, or
+else at its last sample, no later than the later session's start.
+
+Never acted on: a var without a session (the evse_manager publishes one while it restores a persisted
+transaction after its restart, then sends ``session_resumed`` or a PowerLoss ``transaction_finished``
+itself), a session whose transaction is closed at the CSMS, and a var older than a transaction the book has
+on that connector (both: a stale retained var, e.g. after a kill -9). A whole transaction that started and
+ended while this module was down is not rebuilt: a retained var of a finished session cannot tell it from
+one that ended before OCPP was wired in.
 """
 
 from __future__ import annotations
@@ -70,10 +76,12 @@ def reconcile(book: TransactionBook, var: Mapping[str, Any], closed: Container[s
         return []
     active = var.get("transaction_active") is True
     started_at = var.get("transaction_started_at")
-    if not isinstance(started_at, str):  # no transaction in this session (yet)
+    has_transaction = isinstance(started_at, str)
+    began = started_at if has_transaction else var.get("started_at")  # the session's (or its transaction's) start
+    if not isinstance(began, str):
         return []
     on_connector = [tx for tx in book.running() if tx.connector_id == evse_id]
-    if any(tx.session_id != session_id and is_later(tx.started_at, started_at) for tx in on_connector):
+    if any(tx.session_id != session_id and is_later(tx.started_at, began) for tx in on_connector):
         return []  # a stale var: the book has a transaction on this connector that started after it
     meter_start = _number(var.get("meter_start_Wh"))
     fixes: list[Fix] = []
@@ -82,8 +90,9 @@ def reconcile(book: TransactionBook, var: Mapping[str, Any], closed: Container[s
             energy = _number(var.get("energy_Wh"))
             meter_stop = None if meter_start is None else meter_start + (energy or 0.0)
             fixes.append(_finish(tx, meter_stop, var.get("timestamp")))
-        elif tx.session_id != session_id and active:  # a newer transaction runs on the connector
-            fixes.append(_finish(tx, meter_start, started_at))
+        elif tx.session_id != session_id:  # a later session on the connector: this transaction is over
+            # where the later transaction began; without one (no meter_start) at the last sample
+            fixes.append(_finish(tx, meter_start, began))
     if active and book.session(session_id) is None and session_id not in closed:
         fixes.append(MissedStart(session_id, {
             "type": "session_resumed", "session_id": session_id, "evse_id": evse_id, "connector_id": evse_id,
