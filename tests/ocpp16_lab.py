@@ -73,8 +73,8 @@ class CentralSystem(ChargePoint):
         return call_result.StartTransaction(transaction_id=next(self.csms.transaction_ids), id_tag_info=info)
 
     @on(Action.stop_transaction)
-    def stop_transaction(self, **_: Any) -> call_result.StopTransaction:
-        return call_result.StopTransaction()
+    def stop_transaction(self, id_tag: str | None = None, **_: Any) -> call_result.StopTransaction:
+        return call_result.StopTransaction(id_tag_info=None if id_tag is None else self.csms.tag_info(id_tag))
 
     @on(Action.meter_values)
     def meter_values(self, **_: Any) -> call_result.MeterValues:

@@ -322,6 +322,36 @@ def test_local_list_and_cache_work_offline_and_survive_a_restart(broker: Broker,
     in_station(wiring, broker, first_run, after_restart)
 
 
+def test_the_answer_to_a_stop_by_tag_updates_the_cache(broker: Broker, tmp_path: Path) -> None:
+    """StopTransaction.conf's idTagInfo goes into the Authorization Cache, as Authorize.conf's does: a tag the
+    CSMS blocked while it charged is refused offline afterwards, not let in on its older Accepted."""
+    csms = Csms()
+    csms.port = free_port()
+    status = {"now": AuthorizationStatus.accepted}
+    csms.tag_info = lambda id_tag: IdTagInfo(status=status["now"])  # type: ignore[method-assign]
+    wiring = station_wiring(broker, tmp_path, csms)
+
+    async def charge_then_go_offline(probe: BusProbe) -> None:
+        lab = Lab(probe)
+        async with csms.running():
+            await online(probe)
+            await lab.plug(1)
+            await lab.swipe("DRIVER1")
+            await csms.wait_call("StartTransaction")
+            await lab.wait_charger_state(1, "charging")
+            status["now"] = AuthorizationStatus.blocked
+            await lab.swipe("DRIVER1")  # the same tag stops its own transaction without asking the CSMS
+            assert (await csms.wait_call("StopTransaction"))["idTag"] == "DRIVER1"
+            # one CALL at a time: the triggered Heartbeat goes out only after the stop's answer was handled
+            beats = len(csms.calls("Heartbeat"))
+            await csms.peer.call(call.TriggerMessage(requested_message="Heartbeat"))
+            await csms.wait_call("Heartbeat", count=beats + 1)
+        await offline(probe)
+        assert (await validate(probe, "DRIVER1"))["status"] == "Blocked"
+
+    in_station(wiring, broker, charge_then_go_offline)
+
+
 def test_local_pre_authorize_starts_without_asking_the_csms(broker: Broker, tmp_path: Path) -> None:
     csms = Csms()
     csms.port = free_port()

@@ -69,7 +69,9 @@ class Ocpp16(Transacting, Metering, Module):
             self.queue_store, self.link, self.book, self.log, may_send=lambda: self.accepted,
             attempts=lambda: self.ocpp.int("TransactionMessageAttempts"),
             retry_interval_s=lambda: float(self.ocpp.int("TransactionMessageRetryInterval")),
-            on_start_answered=self._start_answered, max_messages=int(cfg["queue_max_messages"]))
+            on_start_answered=self._start_answered,
+            on_stop_id_tag_info=lambda tag, info: self._cache_id_tag_info(tag, info, "StopTransaction.conf"),
+            max_messages=int(cfg["queue_max_messages"]))
         self.operations = CsmsOperations(self)
         self.local_auth = AuthStore.open(self.state_dir / "authorization.sqlite3", self.log)
         self.boot = BootCore(float(cfg["boot_retry_s"]))

@@ -30,12 +30,15 @@ from .tx_queue import (
 )
 
 StartAnswered = Callable[[Transaction, dict[str, Any]], None]
+IdTagAnswered = Callable[[str, Any], None]
 
 
 class TransactionalSender:
     def __init__(self, store: QueueStore, link: OcppLink, book: TransactionBook, log: EventLogger, *,
                  may_send: Callable[[], bool], attempts: Callable[[], int], retry_interval_s: Callable[[], float],
-                 on_start_answered: StartAnswered, max_messages: int = 1000) -> None:
+                 on_start_answered: StartAnswered, on_stop_id_tag_info: IdTagAnswered | None = None,
+                 max_messages: int = 1000) -> None:
+        """``on_stop_id_tag_info(id_tag, id_tag_info)``: a StopTransaction.conf answered for a stop by a tag."""
         self.store = store
         self.link = link
         self.book = book
@@ -44,6 +47,7 @@ class TransactionalSender:
         self.attempts = attempts
         self.retry_interval_s = retry_interval_s
         self.on_start_answered = on_start_answered
+        self.on_stop_id_tag_info = on_stop_id_tag_info
         self.queue = TransactionQueue.restore(store.load_messages(), {
             tx.session_id: tx.transaction_id for tx in book.all() if tx.transaction_id is not None}, max_messages,
             store.last_seq())
@@ -147,6 +151,7 @@ class TransactionalSender:
         saved: list[Transaction] = []
         forget: list[str] = []
         started: Transaction | None = None
+        stopped_by: str | None = None
         for effect in effects:
             if isinstance(effect, Delivered):
                 message = effect.message
@@ -161,6 +166,8 @@ class TransactionalSender:
                 elif message.action in ("StopTransaction", "StartTransaction"):  # a Start: without an id
                     self.book.close(message.session_id)
                     forget.append(message.session_id)
+                    if message.action == "StopTransaction" and isinstance(message.payload.get("idTag"), str):
+                        stopped_by = message.payload["idTag"]
             elif isinstance(effect, Retrying):
                 attempts.append((effect.message.seq, effect.message.attempts))
             elif isinstance(effect, Dropped):
@@ -174,3 +181,6 @@ class TransactionalSender:
         self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget, durable=False)
         if started is not None and answer is not None:
             self.on_start_answered(started, answer)
+        if (stopped_by is not None and answer is not None and answer.get("idTagInfo") is not None
+                and self.on_stop_id_tag_info is not None):
+            self.on_stop_id_tag_info(stopped_by, answer["idTagInfo"])
