@@ -3,17 +3,18 @@
 A message is committed before it is handed to the connection and deleted only when its delivery ended
 (answered, or dropped after its attempts); transactions stay until their StopTransaction was delivered.
 
-New messages are committed with ``synchronous=FULL`` (they survive power loss). What follows a delivery
-(the transactionId from StartTransaction.conf, the end of a transaction) is committed with
-``synchronous=NORMAL``: in WAL mode that survives a killed process but not an OS crash, where it can cost a
-second delivery of the same message (the CSMS sees a retransmission), never a lost one.
+New messages are committed with ``synchronous=FULL`` (they survive power loss), and so is the delivery of
+a StartTransaction or StopTransaction, together with what it changes in the book (the CSMS's transactionId,
+the end of the transaction). Retry counts and drops are committed with ``synchronous=NORMAL``: in WAL mode
+that survives a killed process but not an OS crash.
 
-An answered message is recorded first in the *delivered mark* (``<database>-delivered``, one ``pwrite``
-of its sequence number, a few microseconds) and deleted from the database in batches of
-``DELETE_BATCH``, or when the queue has nothing to send. Delivery goes strictly in sequence order, so
-"delivered up to N" is exact: rows at or below the mark are deleted when the store opens and are never
-shown or loaded. The mark has the same durability as a NORMAL commit. It keeps the replay of a long queue
-from waiting for a database commit per message.
+Any other answered message (MeterValues, SecurityEventNotification) is recorded in the *delivered mark*
+(``<database>-delivered``, one ``pwrite`` of its sequence number, a few microseconds) and deleted from the
+database in batches of ``DELETE_BATCH``, or when the queue has nothing to send. Delivery goes strictly in
+sequence order, so "delivered up to N" is exact: rows at or below the mark are deleted when the store opens
+and are never shown or loaded. The mark survives a killed process; after an OS crash it may be older, which
+costs a second delivery of some meter values, never a lost message. It keeps the replay of a long queue from
+waiting for a database commit per message.
 """
 
 from __future__ import annotations

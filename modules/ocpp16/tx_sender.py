@@ -152,12 +152,17 @@ class TransactionalSender:
         forget: list[str] = []
         started: Transaction | None = None
         stopped_by: str | None = None
+        durable = False
         for effect in effects:
             if isinstance(effect, Delivered):
                 message = effect.message
-                self._store(self.store.delivered, message.seq)
-                if message.session_id is None:
+                if message.session_id is None or message.action not in ("StartTransaction", "StopTransaction"):
+                    self._store(self.store.delivered, message.seq)  # nothing else changes: the mark is enough
                     continue
+                # the book changes with it (the CSMS's transactionId, the end of the transaction): one
+                # commit, flushed, so no later mark can get ahead of it on disk
+                delete.append(message.seq)
+                durable = True
                 if effect.transaction_id is not None:
                     self.book.start_answered(message.session_id, effect.transaction_id)
                     started = self.book.session(message.session_id)
@@ -178,7 +183,7 @@ class TransactionalSender:
                     if m.action == "StartTransaction" and m.session_id is not None:
                         self.book.close(m.session_id)
                         forget.append(m.session_id)
-        self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget, durable=False)
+        self._commit(delete=delete, attempts=attempts, transactions=saved, forget=forget, durable=durable)
         if started is not None and answer is not None:
             self.on_start_answered(started, answer)
         if (stopped_by is not None and answer is not None and answer.get("idTagInfo") is not None
