@@ -192,6 +192,12 @@ def test_a_payload_the_schema_refuses_is_never_queued_and_a_stored_one_is_set_ap
     assert "meterStop" in restored.refused[0][1]
     assert json.loads(restored.outgoing_payload(good)) == {**METER, "transactionId": 5}
     assert restored.add("MeterValues", METER, "s1")[0].seq == 3, "a refused message's number is not reused"
+    broken_start = QueuedMessage(4, "StartTransaction", {**START, "meterStart": -1.5}, "s2")
+    its_meter = QueuedMessage(5, "MeterValues", METER, "s2")
+    other = QueuedMessage(6, "MeterValues", METER, "s1")
+    restored = TransactionQueue.restore([broken_start, its_meter, other], {"s1": 5})
+    assert [m.seq for m in restored.messages] == [6], "nothing of a session whose Start cannot go"
+    assert [(m.seq, why) for m, why in restored.refused][1] == (5, "its StartTransaction was refused")
 
 
 STEPS = st.lists(st.one_of(

@@ -87,11 +87,17 @@ class TransactionQueue:
         """The queue as stored; ``last_seq`` is the highest number ever given, so numbers are never reused."""
         ordered = sorted(messages, key=lambda m: m.seq)
         queue = cls(max_messages, [], dict(transaction_ids))
+        unstartable: set[str | None] = set()  # sessions whose StartTransaction was refused
         for message in ordered:
+            if message.session_id in unstartable:
+                queue.refused.append((message, "its StartTransaction was refused"))
+                continue
             try:
                 message.text = _checked_text(message.action, message.payload, message.session_id)
             except ValueError as exc:  # PayloadError too
                 queue.refused.append((message, str(exc)))
+                if message.action == "StartTransaction" and message.session_id is not None:
+                    unstartable.add(message.session_id)
                 continue
             queue.messages.append(message)
         queue._next_seq = max([last_seq, *(m.seq for m in ordered)]) + 1

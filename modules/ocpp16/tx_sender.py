@@ -56,7 +56,11 @@ class TransactionalSender:
             log.error("stored transactional message refused by the OCPP schema, dropped", action=message.action,
                       seq=message.seq, error=problem)
         if self.queue.refused:
-            self._commit(delete=[m.seq for m, _ in self.queue.refused])
+            unstarted = [m.session_id for m, _ in self.queue.refused
+                         if m.action == "StartTransaction" and m.session_id is not None]
+            for session_id in unstarted:
+                book.close(session_id)
+            self._commit(delete=[m.seq for m, _ in self.queue.refused], forget=unstarted)
             self.queue.refused.clear()
         if self.queue.messages:
             log.info("transactional messages waiting from before the restart", **self.queue.counts())
