@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "meter_id": None, "slave_id": args.slave_id, "port": args.port,
             "baudrate": args.baudrate, "parity": args.parity, "stopbits": args.stopbits, "host": args.host,
             "tcp_port": args.tcp_port, "timeout_s": args.timeout, "inter_request_delay_ms": 0,
-            "retries": args.retries, "poll_interval_s": 1, "stale_after_s": 10}
+            "retries": args.retries, "poll_interval_s": 1, "stale_after_s": 10, "fault_poll_interval_s": 5}
 
 
 async def read_meter(args: argparse.Namespace) -> tuple[Any, dict[str, dict[str, float]], list[str]]:

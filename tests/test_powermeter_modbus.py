@@ -78,7 +78,7 @@ async def error_state(probe: BusProbe, module_id: str, kind: str, active: bool, 
 ALL_MODELS = builtin_model_names()
 SETTINGS_BASE = {"meter_id": None, "slave_id": None, "host": None, "tcp_port": 502, "baudrate": None, "parity": None,
                  "stopbits": None, "timeout_s": 0.5, "inter_request_delay_ms": 0, "retries": 2, "poll_interval_s": 1,
-                 "stale_after_s": 10}
+                 "stale_after_s": 10, "fault_poll_interval_s": 5}
 
 
 @pytest.mark.parametrize("meter_line", [([MeterSpec(i + 1, name, 250_000.0 * (i + 1), 1500.0 * (i + 1))
@@ -134,7 +134,7 @@ def test_three_meters_on_one_9600_baud_line_share_it_and_are_each_published(brok
 def test_injected_faults_raise_communication_fault_after_the_retries_and_recovery_clears_it(
         broker: Broker, tmp_path: Path, meter_line: MeterLine) -> None:
     modules = meter_module("meter_1", "sdm630", 1, meter_line.link, baudrate=38400, timeout_s=0.3, retries=2,
-                           poll_interval_s=0.25, stale_after_s=2.5)
+                           poll_interval_s=0.25, stale_after_s=2.5, fault_poll_interval_s=0.25)
 
     def inject(kind: str, count: int | None = None, delay_ms: float = 0.0) -> None:
         meter_line.change(lambda slaves, _: slaves.inject_fault(1, kind, count, delay_ms))

@@ -124,8 +124,29 @@ def test_a_read_is_retried_retries_times_before_communication_fault_and_a_good_c
     [fault] = [a for a in final if isinstance(a, RaiseError)]
     assert fault.error_type == COMMUNICATION_FAULT and "no reply" in fault.message and "3 tries" in fault.message
     assert errors(bench.answer(bench.at(1.0), None)) == []  # raised once per outage
-    recovered = bench.answer(bench.at(2.0), values(10.0))
+    recovered = bench.answer(bench.at(6.0), values(10.0))  # fault_poll_interval_s later
     assert errors(recovered) == [("clear", COMMUNICATION_FAULT)] and len(published(recovered)) == 1
+
+
+def test_a_meter_in_communication_fault_is_polled_slower_with_one_try_per_read() -> None:
+    """A dead meter on a shared line: one timeout every fault_poll_interval_s instead of retries + 1 timeouts
+    every poll, so the other meters keep their intervals; it is picked up again when it answers."""
+    bench = Bench(poll=PollSettings(1.0, 10.0, retries=2, fault_poll_interval_s=4.0))
+    bench.answer(bench.at(0.0), None)
+    assert COMMUNICATION_FAULT in bench.poller.active_errors
+    tries_per_cycle = []
+    for now in (1.0, 2.0, 3.0, 5.0, 8.0, 9.0):
+        started = bench.at(now)
+        reads = [a for a in started if isinstance(a, Read)]
+        tries_per_cycle.append(len(reads) + sum(isinstance(a, Read) for a in bench.answer(started, None)))
+    assert tries_per_cycle == [1, 0, 0, 1, 0, 1], "polled at 1, then every 4 s, one try each"
+    assert bench.poller.next_poll_at == 13.0
+    recovered = bench.answer(bench.at(13.0), values(10.0))
+    assert ("clear", COMMUNICATION_FAULT) in errors(recovered) and len(published(recovered)) == 1
+    assert bench.poller.next_poll_at == 14.0, "back to poll_interval_s"
+    bench.at(14.0)
+    assert [a.attempt for a in bench.poller.read_failed(14.0, TIMEOUT) if isinstance(a, Read)] == [2], \
+        "retries again once it answered"
 
 
 def test_a_failure_within_the_retries_raises_nothing() -> None:
@@ -137,7 +158,7 @@ def test_a_failure_within_the_retries_raises_nothing() -> None:
 
 
 def test_stale_data_is_raised_after_stale_after_s_without_a_reading_and_cleared_by_the_next() -> None:
-    bench = Bench(poll=PollSettings(1.0, 3.0, retries=0))
+    bench = Bench(poll=PollSettings(1.0, 3.0, retries=0, fault_poll_interval_s=1.0))
     bench.answer(bench.at(0.0), values(1.0))
     for second in (1.0, 2.0):
         assert errors(bench.answer(bench.at(second), None)) == ([("raise", COMMUNICATION_FAULT)] if second == 1.0
@@ -212,8 +233,8 @@ def test_published_energy_never_decreases_and_the_errors_follow_the_rules(
         bench.now += advance
         cycle_due = bench.now >= bench.poller.next_poll_at
         actions = run_cycle(bench, energy, failures)
-        if cycle_due:
-            comm_fault = energy is None or failures > retries
+        if cycle_due:  # while the fault is raised, a read gets one try
+            comm_fault = energy is None or failures > (0 if comm_fault else retries)
         for reading in published(actions):
             assert check(SCHEMA, reading) is None
             assert reading["energy_Wh_import"]["total"] >= last_energy
@@ -230,7 +251,8 @@ def test_published_energy_never_decreases_and_the_errors_follow_the_rules(
 
 BASE = {"model": "sdm120", "meter_id": None, "slave_id": None, "port": "/dev/ttyUSB0", "baudrate": None,
         "parity": None, "stopbits": None, "host": None, "tcp_port": 502, "timeout_s": 0.5,
-        "inter_request_delay_ms": 0, "retries": 2, "poll_interval_s": 1, "stale_after_s": 10}
+        "inter_request_delay_ms": 0, "retries": 2, "poll_interval_s": 1, "stale_after_s": 10,
+        "fault_poll_interval_s": 5}
 
 
 def test_model_defaults_fill_what_the_config_leaves_out() -> None:

@@ -2,7 +2,10 @@
 
 A poll cycle reads the batched requests of the meter's model one after the other. A failed read (no reply,
 CRC error, exception reply, reply from the wrong slave, port gone) is repeated up to ``retries`` times; when
-the last try fails too the cycle ends and ``communication_fault`` is raised. A finished cycle clears it. The
+the last try fails too the cycle ends and ``communication_fault`` is raised. A finished cycle clears it.
+While it is raised the meter is polled every ``fault_poll_interval_s`` (when that is longer than
+``poll_interval_s``) with one try per read: a dead meter costs its line a timeout now and then, not
+``retries + 1`` timeouts every poll, so the other meters on the line keep their intervals. The
 decoded reading is checked before it is published: quantities the meter marks "not available" (NaN, all-FF)
 and non-finite or out-of-range numbers are left out, and a reading whose import energy is unavailable or
 whose energy registers went backwards is rejected as a whole. ``stale_data`` is raised when nothing was
@@ -32,10 +35,11 @@ class PollSettings:
     poll_interval_s: float = 1.0
     stale_after_s: float = 10.0
     retries: int = 2
+    fault_poll_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not self.poll_interval_s > 0 or not self.stale_after_s > 0:
-            raise ValueError("poll_interval_s and stale_after_s must be > 0")
+        if not self.poll_interval_s > 0 or not self.stale_after_s > 0 or not self.fault_poll_interval_s > 0:
+            raise ValueError("poll_interval_s, stale_after_s and fault_poll_interval_s must be > 0")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
 
@@ -110,6 +114,7 @@ class MeterPoller:
         self.last_published: dict[str, Any] | None = None
         self.active_errors: set[str] = set()
         self._index: int | None = None  # request being read, None between cycles
+        self._cycle_started_at = now
         self._attempt = 0
         self._replies: dict[ReadRequest, Sequence[int]] = {}
         self._problems: tuple[str, ...] = ()
@@ -129,7 +134,11 @@ class MeterPoller:
     def tick(self, now: float) -> list[Action]:
         actions = self._check_stale(now)
         if not self.reading_in_progress and now >= self.next_poll_at:
-            self.next_poll_at = max(self.next_poll_at + self.settings.poll_interval_s, now)
+            interval = self.settings.poll_interval_s
+            if COMMUNICATION_FAULT in self.active_errors:
+                interval = max(interval, self.settings.fault_poll_interval_s)
+            self._cycle_started_at = now
+            self.next_poll_at = max(self.next_poll_at + interval, now)
             self._index, self._attempt, self._replies = 0, 1, {}
             actions.append(Read(self.requests[0], 1))
         return actions
@@ -148,6 +157,7 @@ class MeterPoller:
         actions: list[Action] = []
         if COMMUNICATION_FAULT in self.active_errors:
             self.active_errors.discard(COMMUNICATION_FAULT)
+            self.next_poll_at = min(self.next_poll_at, self._cycle_started_at + self.settings.poll_interval_s)
             actions += [ClearError(COMMUNICATION_FAULT), Note("info", "meter answers again", {})]
         actions += self._finish_cycle(now, read_at, replies)
         return actions + self._check_stale(now)
@@ -156,7 +166,7 @@ class MeterPoller:
         request = self._outstanding()
         fields = {"request": describe(request), "attempt": self._attempt, "kind": failure.kind,
                   "error": failure.message}
-        if self._attempt <= self.settings.retries:
+        if self._attempt <= self.settings.retries and COMMUNICATION_FAULT not in self.active_errors:
             self._attempt += 1
             return [Note("debug", "read failed, retrying", fields), *self._check_stale(now),
                     Read(request, self._attempt)]

@@ -102,7 +102,8 @@ def meter_settings(config: dict[str, Any], module_id: str, config_dir: Path) -> 
         line = LineSettings(TCP, host=host, tcp_port=int(config["tcp_port"]), timeout_s=float(config["timeout_s"]),
                             inter_request_delay_ms=float(config["inter_request_delay_ms"]))
     try:
-        poll = PollSettings(float(config["poll_interval_s"]), float(config["stale_after_s"]), int(config["retries"]))
+        poll = PollSettings(float(config["poll_interval_s"]), float(config["stale_after_s"]), int(config["retries"]),
+                            float(config["fault_poll_interval_s"]))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     slave_id = config.get("slave_id")
