@@ -198,6 +198,9 @@ def test_a_payload_the_schema_refuses_is_never_queued_and_a_stored_one_is_set_ap
     restored = TransactionQueue.restore([broken_start, its_meter, other], {"s1": 5})
     assert [m.seq for m in restored.messages] == [6], "nothing of a session whose Start cannot go"
     assert [(m.seq, why) for m, why in restored.refused][1] == (5, "its StartTransaction was refused")
+    for stored in (json.dumps(METER, indent=1), json.dumps(METER, separators=(",", ":"))):  # edited, or as written
+        restored = TransactionQueue.restore([QueuedMessage(7, "MeterValues", METER, "s1", text=stored)], {"s1": 5})
+        assert json.loads(restored.outgoing_payload(restored.messages[0])) == {**METER, "transactionId": 5}
 
 
 STEPS = st.lists(st.one_of(

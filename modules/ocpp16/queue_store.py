@@ -96,7 +96,7 @@ class QueueStore:
     def load_messages(self) -> list[QueuedMessage]:
         rows = self.db.execute("SELECT seq, action, payload, session_id, attempts FROM messages WHERE seq > ? "
                                "ORDER BY seq", (self._delivered.value,))
-        return [QueuedMessage(seq, action, json.loads(payload), session_id, attempts)
+        return [QueuedMessage(seq, action, json.loads(payload), session_id, attempts, text=payload)
                 for seq, action, payload, session_id, attempts in rows]
 
     def last_seq(self) -> int:

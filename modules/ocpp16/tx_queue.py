@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rpc import CheckedPayload, checked_request, encode
+from .rpc import CheckedPayload, encode
 from .schemas import validate_request
 
 TRANSACTIONAL_ACTIONS = ("StartTransaction", "StopTransaction", "MeterValues", "SecurityEventNotification")
@@ -93,7 +93,7 @@ class TransactionQueue:
                 queue.refused.append((message, "its StartTransaction was refused"))
                 continue
             try:
-                message.text = _checked_text(message.action, message.payload, message.session_id)
+                message.text = _checked_text(message.action, message.payload, message.session_id, message.text)
             except ValueError as exc:  # PayloadError too
                 queue.refused.append((message, str(exc)))
                 if message.action == "StartTransaction" and message.session_id is not None:
@@ -221,12 +221,14 @@ class TransactionQueue:
         return counts
 
 
-def _checked_text(action: str, payload: dict[str, Any], session_id: str | None) -> str:
+def _checked_text(action: str, payload: dict[str, Any], session_id: str | None, stored: str = "") -> str:
     """The payload's JSON, checked as it will be sent: a message of a transaction gets its transactionId
-    (an integer, all the schema asks of it) only then, so it is checked with a stand-in."""
-    if session_id is None or action == "StartTransaction":
-        return checked_request(action, payload)
-    if "transactionId" in payload:
-        raise ValueError(f"{action} of a session carries a transactionId while queued")
-    validate_request(action, {**payload, "transactionId": 0})
-    return encode(payload)
+    (an integer, all the schema asks of it) only then, so it is checked with a stand-in. ``stored``: the
+    text ``payload`` was read from, kept when a member can be put in front of its first one."""
+    if session_id is not None and action != "StartTransaction":
+        if "transactionId" in payload:
+            raise ValueError(f"{action} of a session carries a transactionId while queued")
+        validate_request(action, {**payload, "transactionId": 0})
+    else:
+        validate_request(action, payload)
+    return stored if stored == "{}" or stored.startswith('{"') else encode(payload)  # the id goes in after "{"
