@@ -10,6 +10,7 @@ from ocpp.v16 import call
 from ocpp16_lab import Csms, Lab, in_ocpp_station
 
 from chargepoint.broker.launch import free_port
+from modules.ocpp16.availability import AvailabilityBook
 
 
 async def charging(csms: Csms, lab: Lab, token: str = "AA11") -> dict[str, object]:
@@ -92,6 +93,54 @@ def test_unlock_and_change_availability_while_charging(broker: Broker, tmp_path:
         assert (await csms.peer.call(call.UnlockConnector(connector_id=9))).status == "NotSupported"
 
     in_ocpp_station(broker, tmp_path, scenario)
+
+
+def test_change_availability_persists_across_restarts(broker: Broker, tmp_path: Path) -> None:
+    """OCPP 1.6 §5.2: a connector (or the station) the CSMS set Inoperative stays so after a restart, until the
+    CSMS sets it Operative again; the EVSE managers, which start afresh, are told again."""
+    def status_of(csms: Csms, connector: int) -> str:
+        return [p["status"] for p in csms.calls("StatusNotification") if p["connectorId"] == connector][-1]
+
+    async def switch_off(csms: Csms, lab: Lab) -> None:
+        await csms.wait_call("StatusNotification", lambda p: p["connectorId"] == 2)
+        assert (await csms.peer.call(call.ChangeAvailability(connector_id=2, type="Inoperative"))).status \
+            == "Accepted"
+        await csms.wait_call("StatusNotification", lambda p: (p["connectorId"], p["status"]) == (2, "Unavailable"))
+
+    async def still_off_then_station_off(csms: Csms, lab: Lab) -> None:
+        await csms.wait_call("StatusNotification", lambda p: (p["connectorId"], p["status"]) == (2, "Unavailable"))
+        await lab.wait_charger_state(1, "idle")
+        assert lab.state(2)["enabled"] is False and lab.state(1)["enabled"] is True
+        assert status_of(csms, 1) == "Available"
+        assert (await csms.peer.call(call.ChangeAvailability(connector_id=2, type="Operative"))).status == "Accepted"
+        assert (await csms.peer.call(call.ChangeAvailability(connector_id=0, type="Inoperative"))).status \
+            == "Accepted"
+        await csms.wait_call("StatusNotification", lambda p: (p["connectorId"], p["status"]) == (0, "Unavailable"))
+
+    async def station_still_off(csms: Csms, lab: Lab) -> None:
+        for connector in (0, 1, 2):
+            await csms.wait_call("StatusNotification",
+                                 lambda p, c=connector: (p["connectorId"], p["status"]) == (c, "Unavailable"))
+        assert lab.state(1)["enabled"] is False and lab.state(2)["enabled"] is False
+        assert (await csms.peer.call(call.ChangeAvailability(connector_id=0, type="Operative"))).status == "Accepted"
+        await csms.wait_call("StatusNotification", lambda p: (p["connectorId"], p["status"]) == (2, "Available"))
+        assert json.loads((tmp_path / "state" / "ocpp" / "availability.json").read_text()) == {"inoperative": []}
+
+    for phase in (switch_off, still_off_then_station_off, station_still_off):
+        in_ocpp_station(broker, tmp_path, phase, evse_count=2)
+
+
+def test_the_availability_book_keeps_the_inoperative_connectors(tmp_path: Path) -> None:
+    book = AvailabilityBook(tmp_path / "availability.json")
+    book.record([0, 1, 2], operative=False)
+    book.record([1], operative=True)
+    again = AvailabilityBook(tmp_path / "availability.json")
+    assert again.inoperative == {0, 2}
+    assert again.needs_reapplying({"evse_id": 2, "availability_source": None}), "the EVSE forgot it"
+    assert not again.needs_reapplying({"evse_id": 2, "availability_source": "csms"})
+    assert not again.needs_reapplying({"evse_id": 1, "availability_source": None})
+    (tmp_path / "availability.json").write_text("[1, 2]")
+    assert AvailabilityBook(tmp_path / "availability.json").inoperative == set(), "not what this module writes"
 
 
 def test_trigger_status_notification_and_smart_charging_refused(broker: Broker, tmp_path: Path) -> None:

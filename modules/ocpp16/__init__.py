@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from chargepoint import Module
-from chargepoint.module import RequiredConnection
+from chargepoint.module import CmdError, RequiredConnection
 from chargepoint.timestamps import to_rfc3339, utc_now
 
 from .auth_store import AuthStore
 from .authorization import AuthFlags, decide, decide_offline
+from .availability import AVAILABILITY_FILE, CSMS_AVAILABILITY_PRIORITY, AvailabilityBook
 from .backoff import BackoffPolicy
 from .boot import (
     ApplyCsmsTime,
@@ -47,6 +48,8 @@ from .transacting import Transacting
 from .transactions import TransactionBook
 from .tx_sender import TransactionalSender
 
+REAPPLY_TRIES, REAPPLY_PAUSE_S = 150, 0.2  # an EVSE manager that is starting gets 30 s to become ready
+
 
 class Ocpp16(Transacting, Metering, Module):
     async def init(self) -> None:
@@ -63,6 +66,10 @@ class Ocpp16(Transacting, Metering, Module):
         self.link = OcppLink(self.rpc, self.connection, self.log, self._incoming, self._connected,
                              self._disconnected, MessageLog(log_path) if log_path else None)
         self.status = StatusMachine(float(self.ocpp.int("MinimumStatusDuration")), cfg["charge_point_vendor"])
+        self.availability = AvailabilityBook(self.state_dir / AVAILABILITY_FILE)
+        if 0 in self.availability.inoperative:
+            self.status.update_station(datetime.now(UTC), available=False)
+        self._reapplying: set[int] = set()  # evse ids with an Inoperative being applied again
         self.queue_store = QueueStore(self.state_dir / "ocpp-queue.sqlite3")
         self.book = TransactionBook(self.queue_store.load_transactions(), self.queue_store.load_closed_sessions())
         self.sender = TransactionalSender(
@@ -263,6 +270,27 @@ class Ocpp16(Transacting, Metering, Module):
         self.states[state["evse_id"]] = state
         messages = self.error_messages.get(self.evse_connections.index(connection), {})
         self.send_statuses(self.status.update_evse(state, datetime.now(UTC), messages))
+        if self.availability.needs_reapplying(state) and state["evse_id"] not in self._reapplying:
+            self._reapplying.add(state["evse_id"])
+            self.spawn(self._reapply_inoperative(state["evse_id"], connection), name=f"{self.id}-availability")
+
+    async def _reapply_inoperative(self, evse_id: int, connection: RequiredConnection) -> None:
+        """The EVSE (re)started without the CSMS's Inoperative: set it again, as the CSMS left it (its state
+        var comes while it is still starting, so it is asked until it is ready)."""
+        try:
+            for _ in range(REAPPLY_TRIES):
+                try:
+                    result = await connection.call("disable", source="csms", priority=CSMS_AVAILABILITY_PRIORITY)
+                except CmdError as exc:
+                    if exc.code == "not_ready":
+                        await asyncio.sleep(REAPPLY_PAUSE_S)
+                        continue
+                    self.log.warning("CSMS availability not applied again", evse_id=evse_id, error=exc.message)
+                    return
+                self.log.info("CSMS availability applied again", evse_id=evse_id, type="Inoperative", result=result)
+                return
+        finally:
+            self._reapplying.discard(evse_id)
 
     def _on_evse_error(self, connection: RequiredConnection, kind: str, body: Any) -> None:
         """Error texts arrive before the state that lists the error; they go out as StatusNotification info."""

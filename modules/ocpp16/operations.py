@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from chargepoint.module import CmdError
 from chargepoint.timestamps import parse_rfc3339, to_rfc3339, utc_now
 
+from .availability import CSMS_AVAILABILITY_PRIORITY
 from .configuration import TooManyKeys
 from .local_list import ListLimits
 from .rpc import IncomingCall
@@ -215,10 +216,16 @@ class CsmsOperations:
             [(connector_id, self._evse(connector_id))] if self._evse(connector_id) else []
         if not targets:
             return {"status": "Rejected"}
+        try:  # kept before anything changes: a restart must find what the CSMS was told
+            station.availability.record([0, *station.evse_by_id] if connector_id == 0 else [connector_id], operative)
+        except OSError as exc:
+            self.log.error("availability not stored, ChangeAvailability refused", error=str(exc))
+            return {"status": "Rejected"}
         results = []
         for _evse_id, evse in targets:
             try:
-                results.append(await evse.call("enable" if operative else "disable", source="csms", priority=5000))
+                results.append(await evse.call("enable" if operative else "disable", source="csms",
+                                               priority=CSMS_AVAILABILITY_PRIORITY))
             except CmdError as exc:
                 self.log.warning("availability change failed", evse=evse.module_id, error=exc.message)
                 results.append("Rejected")
