@@ -213,6 +213,44 @@ def test_firmware_waits_for_the_transaction_then_installs_restarts_and_reports_i
     run(main(), timeout=60)
 
 
+def test_while_an_install_waits_for_a_transaction_the_free_connectors_are_unavailable(
+        broker: Broker, tmp_path: Path, ftp: tuple[str, Path]) -> None:
+    """No new session may start on a free connector and delay the install further; when the install does not go
+    ahead (here its hook fails) every connector is available again."""
+    ftp_url, _ = ftp
+    csms = Csms()
+    config = json.dumps({"firmware_install_command": ["sh", "-c", "exit 3"], "firmware_restart": "none",
+                         "network_timeout_s": 5})
+
+    def status(connector: int, value: str) -> Any:
+        return lambda p: (p["connectorId"], p["status"]) == (connector, value)
+
+    async def main() -> None:
+        async with csms.running():
+            wiring = write_wiring(tmp_path, broker.port, ocpp_station(tmp_path, csms.port, evse_count=2,
+                                                                      with_system=True, system_config=config))
+            async with running_station(wiring), BusProbe("127.0.0.1", broker.port) as probe:
+                lab = Lab(probe, 2)
+                await csms.wait_call("StatusNotification", status(2, "Available"))
+                await lab.plug(1)
+                await lab.swipe("AA11")
+                await csms.wait_call("StartTransaction")
+                await lab.wait_charger_state(1, "charging")
+                await csms.peer.call(call.UpdateFirmware(location=f"{ftp_url}/fw/image.bin", retrieve_date=PAST))
+                await csms.wait_call("StatusNotification", status(2, "Unavailable"), timeout=15)
+                assert lab.state(2)["enabled"] is False and lab.state(1)["charger_state"] == "charging"
+                await lab.swipe("AA11")
+                await csms.wait_call("FirmwareStatusNotification", lambda p: p["status"] == "InstallationFailed")
+                failed = position(csms, "FirmwareStatusNotification", "InstallationFailed")
+                await csms.wait_call("StatusNotification", status(2, "Available"), count=2)
+                assert [i for i, f in enumerate(csms.frames) if f[0] == 2 and f[2] == "StatusNotification"
+                        and status(2, "Available")(f[3])][-1] > failed, "available again after the failed install"
+                await lab.wait_charger_state(2, "idle")
+                assert lab.state(1)["enabled"] is True and lab.state(2)["enabled"] is True
+
+    run(main(), timeout=60)
+
+
 def test_retries_are_honoured_and_unreachable_servers_are_reported(
         broker: Broker, tmp_path: Path, http: tuple[str, Transfers]) -> None:
     base, transfers = http

@@ -45,6 +45,8 @@ FIRMWARE_STATUS = {"Idle": "Idle", "DownloadScheduled": "Idle", "Downloading": "
                    "InstallVerificationFailed": "InstallationFailed"}
 DIAGNOSTICS_STATUS = {"Idle": "Idle", "Uploading": "Uploading", "Uploaded": "Uploaded"}
 INSTALL_WAIT_POLL_S = 0.5
+# system firmware statuses between a downloaded image and the restart into it
+INSTALL_PHASE = ("Downloaded", "SignatureVerified", "InstallScheduled", "Installing", "InstallRebooting")
 STOP_WAIT_S = 10.0
 
 
@@ -64,6 +66,7 @@ class CsmsOperations:
         self.station = station
         self.log = station.log
         self._deferred: set[str] = set()  # system status vars waiting for an accepted Boot to be notified
+        self._holding_for_firmware = False  # connectors disabled while an install waits for transactions
 
     async def handle(self, call: IncomingCall) -> None:
         link = self.station.link
@@ -290,6 +293,8 @@ class CsmsOperations:
         raw = value.get("status", "Idle")
         if var == "firmware_update_status" and raw == "Downloaded":
             station.spawn(self._install_when_no_transaction(value), name=f"{station.id}-firmware-install")
+        elif var == "firmware_update_status" and raw not in INSTALL_PHASE and self._holding_for_firmware:
+            station.spawn(self._hold_for_firmware(False), name=f"{station.id}-firmware-release")
         if previous is None:
             if var != "firmware_update_status" or raw != "Installed":
                 return
@@ -305,12 +310,30 @@ class CsmsOperations:
 
     async def _install_when_no_transaction(self, downloaded: dict[str, Any]) -> None:
         station = self.station
+        if any(state["transaction_active"] for state in station.states.values()):
+            await self._hold_for_firmware(True)
         while any(state["transaction_active"] for state in station.states.values()):
             await asyncio.sleep(INSTALL_WAIT_POLL_S)
         if station.system_status.get("firmware_update_status") is not downloaded or not station.requires["system"]:
             return  # replaced by a newer update (or already installing) meanwhile
         allowed = await station.requires["system"][0].try_call("allow_firmware_installation")
         self.log.info("firmware installation allowed", accepted=allowed)
+        if not allowed:
+            await self._hold_for_firmware(False)
+
+    async def _hold_for_firmware(self, hold: bool) -> None:
+        """While a downloaded image waits for running transactions to end, the connectors not in use are
+        Unavailable (as OCPP recommends), so that no new session delays the install; the busy ones follow when
+        their transaction ends. Released when the install does not go ahead; a restart forgets it anyway."""
+        if hold == self._holding_for_firmware:
+            return
+        self._holding_for_firmware = hold
+        self.log.info("connectors held for the firmware install" if hold else "connectors released after firmware")
+        for evse in self.station.evse_by_id.values():
+            if hold:
+                await evse.try_call("disable", source="firmware_update", priority=CSMS_AVAILABILITY_PRIORITY)
+            else:
+                await evse.try_call("clear_availability", source="firmware_update")
 
     async def _send_when_accepted(self, var: str) -> None:
         while not self.station.accepted:
