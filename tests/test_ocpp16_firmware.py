@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import tarfile
 import threading
 import time
@@ -247,6 +248,38 @@ def test_while_an_install_waits_for_a_transaction_the_free_connectors_are_unavai
                         and status(2, "Available")(f[3])][-1] > failed, "available again after the failed install"
                 await lab.wait_charger_state(2, "idle")
                 assert lab.state(1)["enabled"] is True and lab.state(2)["enabled"] is True
+
+    run(main(), timeout=60)
+
+
+def test_an_installed_firmware_is_reported_once_even_if_the_ocpp_module_restarts(
+        broker: Broker, tmp_path: Path, ftp: tuple[str, Path]) -> None:
+    """The system's retained Installed looks like news to an OCPP module that just started; the one the CSMS
+    acknowledged before the module was killed is not sent again."""
+    ftp_url, _ = ftp
+    csms = Csms()
+    config = system_config(tmp_path)  # firmware_restart none: Installed at once, retained
+
+    async def main() -> None:
+        async with csms.running():
+            modules = ocpp_station(tmp_path, csms.port, with_system=True, system_config=config).replace(
+                "    module: ocpp16\n", "    module: ocpp16\n    standalone: true\n")
+            async with running_station(write_wiring(tmp_path, broker.port, modules), ready_timeout=20) as manager, \
+                    BusProbe("127.0.0.1", broker.port) as probe:
+                probe.watch("cp/ocpp/state")
+                await csms.wait_call("StatusNotification", lambda p: p["connectorId"] == 1)
+                await csms.peer.call(call.UpdateFirmware(location=f"{ftp_url}/fw/image.bin", retrieve_date=PAST))
+                await csms.wait_call("FirmwareStatusNotification", lambda p: p["status"] == "Installed")
+                await asyncio.sleep(0.5)  # the acknowledgement is stored
+                boots = len(csms.calls("BootNotification"))
+                os.kill(manager._children["ocpp"].pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                await probe.wait_for("cp/ocpp/state", lambda p: p in (b"offline", b"failed"), 5)
+                await probe.wait_for("cp/ocpp/state", lambda p: p == b"ready", 20)
+                await csms.wait_call("BootNotification", count=boots + 1, timeout=20)
+                await csms.wait_call("StatusNotification", lambda p: p["connectorId"] == 1, count=2)
+                await asyncio.sleep(1.0)
+                assert statuses(csms, "FirmwareStatusNotification") == ["Downloading", "Downloaded", "Installing",
+                                                                        "Installed"]
 
     run(main(), timeout=60)
 

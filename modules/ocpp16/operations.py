@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chargepoint.module import CmdError
+from chargepoint.storage import atomic_write_json, read_json
 from chargepoint.timestamps import parse_rfc3339, to_rfc3339, utc_now
 
 from .availability import CSMS_AVAILABILITY_PRIORITY
 from .configuration import TooManyKeys
+from .link import when_done
 from .local_list import ListLimits
-from .rpc import IncomingCall
+from .rpc import CallResult, IncomingCall
 from .schemas import OCCURENCE_CONSTRAINT_VIOLATION
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ FIRMWARE_STATUS = {"Idle": "Idle", "DownloadScheduled": "Idle", "Downloading": "
                    "InstallVerificationFailed": "InstallationFailed"}
 DIAGNOSTICS_STATUS = {"Idle": "Idle", "Uploading": "Uploading", "Uploaded": "Uploaded"}
 INSTALL_WAIT_POLL_S = 0.5
+INSTALLED_NOTIFIED_FILE = "firmware-installed-notified.json"  # the Installed the CSMS acknowledged last
 # system firmware statuses between a downloaded image and the restart into it
 INSTALL_PHASE = ("Downloaded", "SignatureVerified", "InstallScheduled", "Installing", "InstallRebooting")
 STOP_WAIT_S = 10.0
@@ -295,8 +298,8 @@ class CsmsOperations:
             station.spawn(self._install_when_no_transaction(value), name=f"{station.id}-firmware-install")
         elif var == "firmware_update_status" and raw not in INSTALL_PHASE and self._holding_for_firmware:
             station.spawn(self._hold_for_firmware(False), name=f"{station.id}-firmware-release")
-        if previous is None:
-            if var != "firmware_update_status" or raw != "Installed":
+        if previous is None:  # news only if it is an Installed the CSMS was not told of before this module restarted
+            if var != "firmware_update_status" or raw != "Installed" or self._installed_notified(value):
                 return
         else:
             status = _ocpp_system_status(var, raw)
@@ -343,9 +346,23 @@ class CsmsOperations:
             self._send_system_status(var)
 
     def _send_system_status(self, var: str) -> None:
-        status = _ocpp_system_status(var, self.station.system_status.get(var, {}).get("status", "Idle"))
+        value = self.station.system_status.get(var, {})
+        status = _ocpp_system_status(var, value.get("status", "Idle"))
         action = "FirmwareStatusNotification" if var == "firmware_update_status" else "DiagnosticsStatusNotification"
-        self.station.link.send(action, {"status": status})
+        sent = self.station.link.send(action, {"status": status})
+        if action == "FirmwareStatusNotification" and status == "Installed":
+            when_done(sent, lambda outcome: self._remember_installed(value) if isinstance(outcome, CallResult)
+                      else None)
+
+    def _installed_notified(self, value: dict[str, Any]) -> bool:
+        """This very Installed (same update, same time) was acknowledged by the CSMS already."""
+        return read_json(self.station.state_dir / INSTALLED_NOTIFIED_FILE) == _installed_identity(value)
+
+    def _remember_installed(self, value: dict[str, Any]) -> None:
+        try:
+            atomic_write_json(self.station.state_dir / INSTALLED_NOTIFIED_FILE, _installed_identity(value))
+        except OSError as exc:  # at worst the CSMS hears of it again after a restart of this module
+            self.log.warning("acknowledged firmware status not stored", error=str(exc))
 
     # -- TriggerMessage --------------------------------------------------------------------------
     async def _trigger_message(self, payload: dict[str, Any]) -> Answer:
@@ -371,3 +388,7 @@ class CsmsOperations:
                 self._send_system_status("log_upload_status")
 
         return {"status": "Accepted"}, send
+
+
+def _installed_identity(value: dict[str, Any]) -> dict[str, Any]:
+    return {"request_id": value.get("request_id"), "timestamp": value.get("timestamp")}
