@@ -82,6 +82,10 @@ class RequiredConnection:
     def ready(self) -> bool:
         return self._runtime.module_states.get(self.module_id) == "ready"
 
+    async def wait_ready(self, timeout: float) -> bool:
+        """Whether the providing module is ready, waiting up to ``timeout`` seconds for it (False: it is not)."""
+        return await self._runtime.wait_ready(self.module_id, timeout)
+
     def __repr__(self) -> str:
         return f"<{self.interface.name} {self.module_id}.{self.impl_id}>"
 

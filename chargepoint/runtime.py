@@ -51,6 +51,7 @@ class ModuleRuntime:
         self.module_class = module_class
         self.log = EventLogger(f"chargepoint.{module_id}")
         self.module_states: dict[str, str] = {}
+        self._ready_events: dict[str, asyncio.Event] = {}  # module id -> set while it is ready (for wait_ready)
         self.provides = {
             impl_id: ProvidedImpl(self, impl_id, load_interface(name))
             for impl_id, name in info.manifest.provides.items()
@@ -166,7 +167,24 @@ class ModuleRuntime:
         self.spawn(self.module.ready(), name=f"{self.module_id}-ready")
 
     def _on_module_state(self, topic: str, payload: bytes) -> None:
-        self.module_states[topic.split("/")[-2]] = payload.decode(errors="replace")
+        module_id, state = topic.split("/")[-2], payload.decode(errors="replace")
+        self.module_states[module_id] = state
+        event = self._ready_events.get(module_id)
+        if event is not None and state == "ready":
+            event.set()
+        elif event is not None:
+            event.clear()
+
+    async def wait_ready(self, module_id: str, timeout: float) -> bool:
+        """Whether ``module_id`` is ready, waiting up to ``timeout`` seconds for it to become so."""
+        event = self._ready_events.setdefault(module_id, asyncio.Event())
+        if self.module_states.get(module_id) == "ready":
+            event.set()
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # -- vars and errors ------------------------------------------------------------------
     def publish_var(self, impl: ProvidedImpl, var: str, value: Any) -> None:

@@ -26,6 +26,8 @@ class BoardConnection(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    async def wait_ready(self, timeout: float) -> bool: ...
+
     async def call(self, cmd: str, timeout: float | None = None, **args: Any) -> Any: ...
 
 
@@ -69,10 +71,7 @@ class BoardLink:
         self._spawn(self._call(action, done))
 
     async def _send_when_ready(self) -> None:
-        waited = 0.0
-        while not self._board.ready and waited < self._ready_wait_s:
-            await asyncio.sleep(0.05)
-            waited += 0.05
+        await self._board.wait_ready(self._ready_wait_s)
         while self._waiting:
             action, done = self._waiting.popleft()
             self._spawn(self._call(action, done))

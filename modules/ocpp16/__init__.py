@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chargepoint import Module
-from chargepoint.module import CmdError, RequiredConnection
+from chargepoint.module import RequiredConnection
 from chargepoint.timestamps import to_rfc3339, utc_now
 
 from .auth_store import AuthStore
@@ -48,7 +48,7 @@ from .transacting import Transacting
 from .transactions import TransactionBook
 from .tx_sender import TransactionalSender
 
-REAPPLY_TRIES, REAPPLY_PAUSE_S = 150, 0.2  # an EVSE manager that is starting gets 30 s to become ready
+REAPPLY_WAIT_S = 30.0  # how long an EVSE manager that is starting may take to become ready
 
 
 class Ocpp16(Transacting, Metering, Module):
@@ -276,19 +276,12 @@ class Ocpp16(Transacting, Metering, Module):
 
     async def _reapply_inoperative(self, evse_id: int, connection: RequiredConnection) -> None:
         """The EVSE (re)started without the CSMS's Inoperative: set it again, as the CSMS left it (its state
-        var comes while it is still starting, so it is asked until it is ready)."""
+        var comes while it is still starting, so this waits until it is ready)."""
         try:
-            for _ in range(REAPPLY_TRIES):
-                try:
-                    result = await connection.call("disable", source="csms", priority=CSMS_AVAILABILITY_PRIORITY)
-                except CmdError as exc:
-                    if exc.code == "not_ready":
-                        await asyncio.sleep(REAPPLY_PAUSE_S)
-                        continue
-                    self.log.warning("CSMS availability not applied again", evse_id=evse_id, error=exc.message)
-                    return
+            await connection.wait_ready(REAPPLY_WAIT_S)
+            result = await connection.try_call("disable", source="csms", priority=CSMS_AVAILABILITY_PRIORITY)
+            if result is not None:
                 self.log.info("CSMS availability applied again", evse_id=evse_id, type="Inoperative", result=result)
-                return
         finally:
             self._reapplying.discard(evse_id)
 
