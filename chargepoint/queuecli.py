@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chargepoint.storage import read_sequence_mark
+from chargepoint.storage import delivered_mark_path, read_sequence_mark
 
 QUEUE_FILE = "ocpp-queue.sqlite3"
-DELIVERED_MARK_SUFFIX = "-delivered"  # messages at or below this mark were answered (modules/ocpp16/queue_store.py)
 EXIT_USAGE = 2
 
 
@@ -58,7 +57,7 @@ def _queue_file(args: argparse.Namespace) -> Path:
 def _read(queue_file: Path, everything: bool) -> dict[str, Any]:
     if not queue_file.exists():
         return {"file": str(queue_file), "types": [], "messages": []}
-    delivered = read_sequence_mark(queue_file.with_name(queue_file.name + DELIVERED_MARK_SUFFIX))
+    delivered = read_sequence_mark(delivered_mark_path(queue_file))  # rows at or below it were answered
     db = sqlite3.connect(f"file:{queue_file}?mode=ro", uri=True)
     try:
         types = [{"action": a, "count": n, "oldest": old, "newest": new} for a, n, old, new in db.execute(

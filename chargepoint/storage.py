@@ -80,6 +80,11 @@ class SequenceMark:
             self._fd = -1
 
 
+def delivered_mark_path(database: Path) -> Path:
+    """Where the "delivered up to here" :class:`SequenceMark` of a queue database lives: beside it."""
+    return database.with_name(database.name + "-delivered")
+
+
 def read_sequence_mark(path: Path) -> int:
     """The value of a :class:`SequenceMark` file; 0 when it is missing, short or fails its check."""
     try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chargepoint.storage import SequenceMark, open_sqlite
+from chargepoint.storage import SequenceMark, delivered_mark_path, open_sqlite
 from chargepoint.timestamps import utc_now
 
 from .transactions import CLOSED_SESSIONS_KEPT, Transaction
@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS closed_sessions (session_id TEXT PRIMARY KEY, closed_
 
 
 DELETE_BATCH = 256
-DELIVERED_SUFFIX = "-delivered"
 INSERT_MESSAGE = ("INSERT INTO messages (seq, action, payload, session_id, attempts, queued_at) "
                   "VALUES (?,?,?,?,?,?)")
 # Newest by rowid, not by closed_at: a clock set back (by the CSMS) must not make a fresh closing the oldest.
@@ -91,7 +90,7 @@ class QueueStore:
     def flush_delivered(self) -> None:
         """Delete the rows of messages delivered since the last commit (they are already below the mark)."""
         if self._undeleted:
-            self._commit((), (), (), (), (), durable=False)
+            self._commit(durable=False)
 
     def load_messages(self) -> list[QueuedMessage]:
         rows = self.db.execute("SELECT seq, action, payload, session_id, attempts FROM messages WHERE seq > ? "
@@ -123,11 +122,12 @@ class QueueStore:
         flushes it to disk before returning. A session in ``forget`` leaves the transactions and is recorded
         as closed."""
         if add or delete or attempts or transactions or forget:
-            self._commit(add, delete, attempts, transactions, forget, durable)
+            self._commit(add=add, delete=delete, attempts=attempts, transactions=transactions, forget=forget,
+                         durable=durable)
 
-    def _commit(self, add: Sequence[tuple[QueuedMessage, str]], delete: Sequence[int],
-                attempts: Sequence[tuple[int, int]], transactions: Sequence[Transaction], forget: Sequence[str],
-                durable: bool) -> None:
+    def _commit(self, *, add: Sequence[tuple[QueuedMessage, str]] = (), delete: Sequence[int] = (),
+                attempts: Sequence[tuple[int, int]] = (), transactions: Sequence[Transaction] = (),
+                forget: Sequence[str] = (), durable: bool) -> None:
         closed_at = utc_now() if forget else ""
         statements = [(sql, rows) for sql, rows in (
             (INSERT_MESSAGE, [(m.seq, m.action, m.text or json.dumps(m.payload, separators=(",", ":")),
@@ -162,7 +162,3 @@ class QueueStore:
         rows = self.db.execute("SELECT action, COUNT(*), MIN(queued_at), MAX(queued_at), MIN(seq) FROM messages "
                                "WHERE seq > ? GROUP BY action ORDER BY MIN(seq)", (self._delivered.value,))
         return [{"action": a, "count": n, "oldest": old, "newest": new} for a, n, old, new, _ in rows]
-
-
-def delivered_mark_path(database: Path) -> Path:
-    return database.with_name(database.name + DELIVERED_SUFFIX)

@@ -52,15 +52,9 @@ class TransactionalSender:
             tx.session_id: tx.transaction_id for tx in book.all() if tx.transaction_id is not None}, max_messages,
             store.last_seq())
         self.wake = asyncio.Event()
-        for message, problem in self.queue.refused:
-            log.error("stored transactional message refused by the OCPP schema, dropped", action=message.action,
-                      seq=message.seq, error=problem)
-        if self.queue.refused:
-            unstarted = [m.session_id for m, _ in self.queue.refused
-                         if m.action == "StartTransaction" and m.session_id is not None]
-            for session_id in unstarted:
-                book.close(session_id)
-            self._commit(delete=[m.seq for m, _ in self.queue.refused], forget=unstarted)
+        if self.queue.refused:  # dropped like any message that can never go: logged, deleted, its session closed
+            self._apply([Dropped((message,), f"stored payload refused: {why}")
+                         for message, why in self.queue.refused])
             self.queue.refused.clear()
         if self.queue.messages:
             log.info("transactional messages waiting from before the restart", **self.queue.counts())
@@ -172,7 +166,7 @@ class TransactionalSender:
                     started = self.book.session(message.session_id)
                     if started is not None:
                         saved.append(started)
-                elif message.action in ("StopTransaction", "StartTransaction"):  # a Start: without an id
+                else:  # a Stop, or a Start answered without an id
                     self.book.close(message.session_id)
                     forget.append(message.session_id)
                     if message.action == "StopTransaction" and isinstance(message.payload.get("idTag"), str):
